@@ -1,0 +1,5 @@
+import sys
+
+from hpcscale.cli import main
+
+sys.exit(main())

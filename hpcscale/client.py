@@ -1,0 +1,270 @@
+"""The typed HTTP client: the only way the CLI, the manager and workers reach the statestore.
+
+Connection errors and 5xx answers are retried with jittered exponential backoff for up to
+`retry_for` seconds; 4xx answers are the caller's mistake and are raised at once. Submits carry
+an idempotency key that stays the same across retries, so a submit whose reply was lost is not
+stored twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from hpcscale.errors import ClientError, ServerUnavailable
+from hpcscale.models import (
+    Backlog,
+    CancelReply,
+    CancelRequest,
+    ClaimedTask,
+    ClaimRequest,
+    DeregisterRequest,
+    Event,
+    HeartbeatReply,
+    HeartbeatRequest,
+    Lease,
+    QueueStats,
+    ReleaseReply,
+    ReleaseRequest,
+    ResultOutcome,
+    ResultsReply,
+    ResultsRequest,
+    Role,
+    SubmitReply,
+    SubmitRequest,
+    Task,
+    TaskResult,
+    TaskSpec,
+    TokenReply,
+    TokenRequest,
+    Worker,
+    WorkerRegistration,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ServerUnavailable)
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        retry_for: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+        verify: bool | str = True,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self.retry_for = retry_for
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport,
+            verify=verify,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transport
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: BaseModel | None = None,
+        params: dict[str, Any] | None = None,
+        retry_for: float | None = None,
+    ) -> Any:
+        content = body.model_dump_json(exclude_unset=False) if body is not None else None
+        headers = {"content-type": "application/json"} if content is not None else None
+        budget = self.retry_for if retry_for is None else retry_for
+        for attempt in Retrying(
+            retry=retry_if_exception(_retryable),
+            wait=wait_random_exponential(multiplier=0.2, max=10),
+            stop=stop_after_delay(budget),
+            reraise=True,
+        ):
+            with attempt:
+                return self._once(method, path, content, headers, params)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _once(
+        self,
+        method: str,
+        path: str,
+        content: str | None,
+        headers: dict[str, str] | None,
+        params: dict[str, Any] | None,
+    ) -> Any:
+        try:
+            response = self._http.request(
+                method, path, content=content, headers=headers, params=params
+            )
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(f"cannot reach {self.url}: {exc}") from exc
+        if response.status_code >= 500:
+            raise ServerUnavailable(
+                f"{method} {path}: server error {response.status_code}: {_message(response)}",
+                response.status_code,
+            )
+        if response.status_code >= 400:
+            raise ClientError(
+                f"{method} {path}: {response.status_code} {_message(response)}",
+                response.status_code,
+            )
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    def _get(self, path: str, model: type[M], **params: Any) -> M:
+        return model.model_validate(self._request("GET", path, params=_clean(params)))
+
+    def _post(self, path: str, body: BaseModel, model: type[M]) -> M:
+        return model.model_validate(self._request("POST", path, body=body))
+
+    # ------------------------------------------------------------------ API
+
+    def healthz(self) -> dict[str, str]:
+        return dict(self._request("GET", "/healthz", retry_for=0))
+
+    def metrics(self) -> str:
+        return str(self._request("GET", "/metrics"))
+
+    def submit(self, specs: Sequence[TaskSpec], idempotency_key: str | None = None) -> SubmitReply:
+        key = idempotency_key or uuid.uuid4().hex
+        return self._post(
+            "/v1/tasks", SubmitRequest(tasks=list(specs), idempotency_key=key), SubmitReply
+        )
+
+    def list_tasks(
+        self, *, state: str | None = None, queue: str | None = None, limit: int = 100,
+        after: int = 0,
+    ) -> list[Task]:
+        raw = self._request(
+            "GET", "/v1/tasks",
+            params=_clean({"state": state, "queue": queue, "limit": limit, "after": after}),
+        )
+        return _list(Task, raw)
+
+    def get_task(self, task_id: int) -> Task:
+        return self._get(f"/v1/tasks/{task_id}", Task)
+
+    def cancel(self, ids: Sequence[int]) -> list[int]:
+        return self._post("/v1/tasks/cancel", CancelRequest(ids=list(ids)), CancelReply).cancelled
+
+    def backlog(self, queues: Sequence[str] | None = None) -> list[Backlog]:
+        params = {"queue": list(queues)} if queues else None
+        return _list(Backlog, self._request("GET", "/v1/queues", params=params))
+
+    def queue_stats(self, queue: str) -> QueueStats:
+        return self._get(f"/v1/queues/{queue}/stats", QueueStats)
+
+    def register(self, registration: WorkerRegistration) -> Worker:
+        return self._post("/v1/workers", registration, Worker)
+
+    def list_workers(self, pool: str | None = None, live: bool = False) -> list[Worker]:
+        raw = self._request("GET", "/v1/workers", params=_clean({"pool": pool, "live": live}))
+        return _list(Worker, raw)
+
+    def claim(
+        self, worker_id: str, queues: Sequence[str], max_tasks: int = 1, free_slots: int = 1,
+        retry_for: float | None = None,
+    ) -> list[ClaimedTask]:
+        body = ClaimRequest(queues=list(queues), max_tasks=max_tasks, free_slots=free_slots)
+        raw = self._request(
+            "POST", f"/v1/workers/{worker_id}/claim", body=body, retry_for=retry_for
+        )
+        return _list(ClaimedTask, raw)
+
+    def heartbeat(
+        self, worker_id: str, running: Sequence[int] = (), busy_slots: int = 0,
+        retry_for: float | None = None,
+    ) -> HeartbeatReply:
+        body = HeartbeatRequest(running=list(running), busy_slots=busy_slots)
+        raw = self._request(
+            "POST", f"/v1/workers/{worker_id}/heartbeat", body=body, retry_for=retry_for
+        )
+        return HeartbeatReply.model_validate(raw)
+
+    def results(
+        self, worker_id: str, results: Sequence[TaskResult], retry_for: float | None = None
+    ) -> list[ResultOutcome]:
+        raw = self._request(
+            "POST", f"/v1/workers/{worker_id}/results",
+            body=ResultsRequest(results=list(results)), retry_for=retry_for,
+        )
+        return ResultsReply.model_validate(raw).outcomes
+
+    def release(
+        self, worker_id: str, leases: Sequence[Lease] | None = None, reason: str = "released",
+        retry_for: float | None = None,
+    ) -> list[int]:
+        body = ReleaseRequest(leases=list(leases) if leases is not None else None, reason=reason)
+        raw = self._request(
+            "POST", f"/v1/workers/{worker_id}/release", body=body, retry_for=retry_for
+        )
+        return ReleaseReply.model_validate(raw).released
+
+    def deregister(
+        self, worker_id: str, reason: str = "ended", retry_for: float | None = None
+    ) -> list[int]:
+        raw = self._request(
+            "POST", f"/v1/workers/{worker_id}/deregister",
+            body=DeregisterRequest(reason=reason), retry_for=retry_for,
+        )
+        return ReleaseReply.model_validate(raw).released
+
+    def events(
+        self, *, kind_prefix: str | None = None, limit: int = 50, task: int | None = None
+    ) -> list[Event]:
+        raw = self._request(
+            "GET", "/v1/events",
+            params=_clean({"kind_prefix": kind_prefix, "limit": limit, "task": task}),
+        )
+        return _list(Event, raw)
+
+    def create_token(
+        self, role: Role, queues: Sequence[str] | None = None, name: str = ""
+    ) -> TokenReply:
+        body = TokenRequest(role=role, queues=list(queues) if queues else None, name=name)
+        return self._post("/v1/tokens", body, TokenReply)
+
+
+def _clean(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _list(model: type[M], raw: Any) -> list[M]:
+    return TypeAdapter(list[model]).validate_python(raw)  # type: ignore[valid-type]
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(data, dict) and "error" in data:
+        return str(data["error"])
+    return str(data)[:500]

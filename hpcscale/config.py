@@ -1,0 +1,379 @@
+"""The TOML config of one cluster, with HPCSCALE_* environment overrides.
+
+Lookup order: `--config FILE`, then `$HPCSCALE_CONFIG`, then `~/.config/hpcscale/config.toml`,
+then built-in defaults (embedded SQLite, API on 127.0.0.1:8765). Environment variables override
+the file: `HPCSCALE_SERVER__URL`, `HPCSCALE_MANAGER__NAME`, ... (`__` between levels).
+
+Every problem is reported as one line that names the key, e.g. `pools[0].max_workers: must be
+≥ 0`, so an admin can fix a file without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from hpcscale.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("~/.config/hpcscale/config.toml")
+DEFAULT_DATABASE = "sqlite:///~/.local/share/hpcscale/state.db"
+DEFAULT_TOKEN_FILE = "~/.config/hpcscale/token"
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_CLOCK_RE = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from "30s", "5m", "2h", "1d", "01:00:00", "1-12:00:00" (Slurm's form) or a number."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 30s, 5m, 2h or 01:00:00")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = _parse_duration_text(value)
+    else:
+        raise ValueError("must be a duration such as 30s, 5m, 2h or 01:00:00")
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def _parse_duration_text(text: str) -> float:
+    match = _DURATION_RE.match(text)
+    if match:
+        return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    clock = _CLOCK_RE.match(text.strip())
+    if clock:
+        days, first, second, third = clock.groups()
+        if third is None:  # MM:SS
+            hours, minutes, seconds = 0, int(first), int(second)
+        else:
+            hours, minutes, seconds = int(first), int(second), int(third)
+        return float(int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds)
+    raise ValueError(f"{text!r} is not a duration such as 30s, 5m, 2h or 01:00:00")
+
+
+def format_slurm_time(seconds: float) -> str:
+    """Slurm's D-HH:MM:SS (rounded up to a whole minute is not needed: Slurm takes seconds)."""
+    total = int(round(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}-{clock}" if days else clock
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+# Values that end up on an #SBATCH line or in a shell: no newline, no command separators, no
+# expansions. Wide enough for real partitions, accounts, constraints ("a&b|c"), gres ("gpu:a100:2").
+_SHELL_SAFE_RE = re.compile(r"^[A-Za-z0-9_.,:=+\-/@%&|!*\[\]()~ ]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def _shell_safe(value: str) -> str:
+    if "\n" in value or "\r" in value or "\x00" in value:
+        raise ValueError("must not contain a newline")
+    if not _SHELL_SAFE_RE.match(value):
+        bad = sorted({c for c in value if not _SHELL_SAFE_RE.match(c)})
+        raise ValueError(f"contains characters a job script must not see: {''.join(bad)!r}")
+    return value
+
+
+def _name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError("must be letters, digits, '_', '.', '-' (starting with a letter or digit)")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    url: str = "http://127.0.0.1:8765"
+    bind: str = "127.0.0.1:8765"
+    database: str = DEFAULT_DATABASE
+    token_file: str = DEFAULT_TOKEN_FILE
+    lease_ttl: Duration = 120.0
+    reaper_interval: Duration = 5.0
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+(:\d+)?(/\S*)?$", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        host_port(value)
+        return value
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+
+def host_port(bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8765")
+    return host.strip("[]"), int(port)
+
+
+class ManagerConfig(_Strict):
+    name: Name = "local"
+    poll_interval: Duration = 30.0
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return _name(value)
+
+
+class SlurmConfig(_Strict):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = "01:00:00"
+    cpus_per_task: int = Field(default=1, ge=1)
+    mem: str | None = None
+    gres: str | None = None
+    constraint: str | None = None
+    output: str | None = None
+    signal_margin: Duration = 120.0
+    array_throttle: int | None = Field(default=None, ge=1)  # sbatch --array=0-N%throttle
+    extra_directives: list[str] = Field(default_factory=list)
+    setup: list[str] = Field(default_factory=list)
+    python: str | None = None
+
+    @field_validator("partition", "account", "qos", "mem", "gres", "constraint", "output")
+    @classmethod
+    def _safe(cls, value: str | None) -> str | None:
+        return None if value is None else _shell_safe(value)
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        if parse_duration(value) <= 0:
+            raise ValueError("must be a positive wall time")
+        return value
+
+    @field_validator("extra_directives")
+    @classmethod
+    def _directives(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _shell_safe(value)
+            if not value.startswith("-"):
+                raise ValueError(f"{value!r} must be an sbatch option such as --gres=gpu:1")
+        return values
+
+    @field_validator("setup", "python")
+    @classmethod
+    def _one_line(cls, value: Any) -> Any:
+        for line in value if isinstance(value, list) else [value]:
+            if isinstance(line, str) and ("\n" in line or "\r" in line or "\x00" in line):
+                raise ValueError("must not contain a newline (give one list item per line)")
+        return value
+
+    @property
+    def wall_seconds(self) -> float:
+        return parse_duration(self.time)
+
+
+class WorkerConfig(_Strict):
+    slots: int = Field(default=1, ge=1)
+    max_tasks: int = Field(default=0, ge=0)
+    max_time: Duration = 0.0
+    max_empty_claims: int = Field(default=3, ge=1)
+    empty_claim_sleep: Duration = 10.0
+    heartbeat_interval: Duration = 30.0
+    claim_margin: Duration = 30.0
+    unreachable_timeout: Duration = 600.0
+    output_dir: str | None = None
+
+
+class PoolConfig(_Strict):
+    name: Name
+    queues: list[Name] = Field(default_factory=lambda: ["default"], min_length=1)
+    scheduler: Literal["slurm", "pyslurm", "local"] = "slurm"
+    min_workers: int = Field(default=0, ge=0)
+    max_workers: int = Field(default=10, ge=0)
+    max_pending: int = Field(default=10, ge=0)
+    max_submit_per_cycle: int = Field(default=20, ge=0)
+    target_drain_time: Duration = 1800.0
+    task_duration_prior: Duration = 300.0
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return _name(value)
+
+    @field_validator("queues")
+    @classmethod
+    def _check_queues(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _name(value)
+        return values
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> PoolConfig:
+        if self.min_workers > self.max_workers:
+            raise ValueError(
+                f"min_workers ({self.min_workers}) must be ≤ max_workers ({self.max_workers})"
+            )
+        return self
+
+
+class Settings(BaseSettings):
+    """The whole config file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HPCSCALE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    manager: ManagerConfig = Field(default_factory=ManagerConfig)
+    pools: list[PoolConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_pools(self) -> Settings:
+        names = [p.name for p in self.pools]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"pool names must be unique: {', '.join(dupes)} repeated")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first so HPCSCALE_* overrides the file (passed as init values).
+        return (env_settings, init_settings)
+
+    def pool(self, name: str) -> PoolConfig:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        known = ", ".join(p.name for p in self.pools) or "none configured"
+        raise ConfigError([f"pools: no pool named {name!r} (known: {known})"])
+
+
+def resolve_path(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """The config file to read, or None for built-in defaults."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("HPCSCALE_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    default = DEFAULT_CONFIG_PATH.expanduser()
+    return default if default.exists() else None
+
+
+def load(explicit: str | os.PathLike[str] | None = None) -> Settings:
+    """Read and validate the config; raise ConfigError with one line per problem."""
+    path = resolve_path(explicit)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError([f"{path}: no such config file"]) from exc
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"{path}: not UTF-8 text ({exc.reason})"]) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    return from_mapping(data)
+
+
+def from_mapping(data: dict[str, Any]) -> Settings:
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc)) from exc
+
+
+def describe(exc: ValidationError) -> list[str]:
+    """One line per problem: `key.path: what is wrong`."""
+    lines = []
+    for error in exc.errors():
+        key = _key(error["loc"])
+        lines.append(f"{key}: {_message(error)}" if key else _message(error))
+    return lines
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item.startswith("function-") or item in {"str", "int", "float", "list"}:
+            continue
+        else:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts)
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "greater_than_equal":
+        return f"must be ≥ {ctx['ge']}"
+    if kind == "greater_than":
+        return f"must be > {ctx['gt']}"
+    if kind == "less_than_equal":
+        return f"must be ≤ {ctx['le']}"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")

@@ -1,0 +1,263 @@
+"""Value types shared by the store, the server, the client, the manager and the worker.
+
+They are the API's wire format too, so every bound here is a bound on what a client may send.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+QueueName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+]
+Text = Annotated[str, StringConstraints(max_length=4096)]
+MAX_BATCH = 10_000
+
+
+class TaskState(StrEnum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED})
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    MANAGER = "manager"
+    WORKER = "worker"
+    SUBMITTER = "submitter"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSpec(_Wire):
+    """What a user submits: an argv command, never a shell string."""
+
+    command: list[Annotated[str, StringConstraints(max_length=65536)]] = Field(
+        min_length=1, max_length=4096
+    )
+    env: dict[Annotated[str, StringConstraints(min_length=1, max_length=256)], Text] = Field(
+        default_factory=dict, max_length=1024
+    )
+    cwd: Text | None = None
+    queue: QueueName = "default"
+    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+    slots: int = Field(default=1, ge=1, le=4096)
+    max_attempts: int = Field(default=3, ge=1, le=1000)
+    timeout: float | None = Field(default=None, gt=0, le=365 * 86400)
+
+
+class SubmitRequest(_Wire):
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_BATCH)
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+
+
+class SubmitReply(_Wire):
+    ids: list[int]
+    duplicate: bool = False
+
+
+class Task(_Wire):
+    id: int
+    queue: str
+    priority: int
+    command: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    slots: int
+    max_attempts: int
+    timeout: float | None
+    attempts: int
+    state: TaskState
+    lease_owner: str | None
+    lease_expiry: float | None
+    fence: int
+    exit_code: int | None
+    output_tail: str | None
+    reason: str | None
+    submitted_at: float
+    started_at: float | None
+    ended_at: float | None
+
+
+class Backlog(_Wire):
+    """Claimable work in one queue, what the manager sizes pools from."""
+
+    queue: str
+    count: int
+    slots: int
+    oldest_age: float
+
+
+class QueueStats(_Wire):
+    """Recent run times in a queue (seconds, newest first) for throughput estimates."""
+
+    queue: str
+    recent_durations: list[float]
+    mean: float | None
+    p90: float | None
+
+
+class ClaimRequest(_Wire):
+    queues: list[QueueName] = Field(min_length=1, max_length=256)
+    max_tasks: int = Field(default=1, ge=1, le=1000)
+    free_slots: int = Field(default=1, ge=1, le=4096)
+
+
+class ClaimedTask(_Wire):
+    id: int
+    queue: str
+    command: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    slots: int
+    timeout: float | None
+    attempts: int
+    fence: int
+    lease_expiry: float
+
+
+class TaskResult(_Wire):
+    task_id: int = Field(ge=1)
+    fence: int = Field(ge=0)
+    success: bool
+    exit_code: int | None = Field(default=None, ge=-255, le=255)
+    output_tail: Annotated[str, StringConstraints(max_length=65536)] | None = None
+    reason: Text | None = None
+    retryable: bool = Field(
+        default=True, description="false: the task cannot succeed by retrying (ends `failed`)"
+    )
+
+
+class ResultsRequest(_Wire):
+    results: list[TaskResult] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ResultOutcome(_Wire):
+    task_id: int
+    outcome: Literal["succeeded", "requeued", "dead", "failed", "stale"]
+
+
+class ResultsReply(_Wire):
+    outcomes: list[ResultOutcome]
+
+
+class Lease(_Wire):
+    task_id: int = Field(ge=1)
+    fence: int = Field(ge=0)
+
+
+class ReleaseRequest(_Wire):
+    """Leases to give back; None gives back every lease the worker holds."""
+
+    leases: list[Lease] | None = Field(default=None, max_length=MAX_BATCH)
+    reason: Text = "released"
+
+
+class ReleaseReply(_Wire):
+    released: list[int]
+
+
+class CancelRequest(_Wire):
+    ids: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class CancelReply(_Wire):
+    cancelled: list[int]
+
+
+class WorkerRegistration(_Wire):
+    pool: QueueName
+    queues: list[QueueName] = Field(default_factory=lambda: ["default"], min_length=1)
+    host: Text = ""
+    slots: int = Field(default=1, ge=1, le=4096)
+    job_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    array_index: int | None = Field(default=None, ge=0)
+    submission: Annotated[str, StringConstraints(max_length=128)] | None = None
+    expected_end: float | None = None
+
+
+class WorkerState(StrEnum):
+    ACTIVE = "active"
+    DRAINING = "draining"
+    ENDED = "ended"
+    LOST = "lost"
+
+
+class Worker(_Wire):
+    id: str
+    pool: str
+    queues: list[str]
+    host: str
+    slots: int
+    job_id: str | None
+    array_index: int | None
+    submission: str | None
+    started_at: float
+    expected_end: float | None
+    last_heartbeat: float
+    state: WorkerState
+    tasks_done: int
+    busy_slots: int
+    end_reason: str | None
+
+
+class Control(StrEnum):
+    CONTINUE = "continue"
+    DRAIN = "drain"
+    EXIT = "exit"
+
+
+class HeartbeatRequest(_Wire):
+    running: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, max_length=4096)
+    busy_slots: int = Field(default=0, ge=0, le=4096)
+
+
+class HeartbeatReply(_Wire):
+    renewed: list[int]
+    lost: list[int] = Field(description="tasks this worker runs whose lease it no longer holds")
+    control: Control
+    surplus: bool = Field(description="the pool has more live workers than its min_workers")
+    lease_ttl: float
+
+
+class DeregisterRequest(_Wire):
+    reason: Text = "ended"
+
+
+class Event(_Wire):
+    id: int
+    ts: float
+    kind: str
+    task_id: int | None
+    worker_id: str | None
+    detail: str | None
+
+
+class TokenRequest(_Wire):
+    role: Role
+    queues: list[QueueName] | None = Field(default=None, max_length=256)
+    name: Annotated[str, StringConstraints(max_length=128)] = ""
+
+
+class TokenReply(_Wire):
+    token: str
+    role: Role
+    queues: list[str] | None
+
+
+class TokenInfo(_Wire):
+    id: int
+    role: Role
+    queues: list[str] | None
+    name: str

@@ -1,0 +1,68 @@
+"""The one place hpcscale starts a subprocess: argv list, timeout, errors that say everything."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from hpcscale.errors import CommandError, CommandTimeout
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    check: bool = True,
+    input_text: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> Completed:
+    """Run argv (never through a shell) and return its output.
+
+    Raises CommandTimeout when it runs past `timeout` (the process group is killed), and
+    CommandError for a non-zero exit when `check` is set.
+    """
+    args = [str(a) for a in argv]
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - argv list, no shell, by design
+            args,
+            stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise CommandError(args, None, "", str(exc), why=f"could not start: {exc}") from exc
+    with proc:
+        try:
+            out, err = proc.communicate(input_text, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise CommandTimeout(args, None, out, err, why=f"timed out after {timeout:g}s") from exc
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, out, err)
+    return Completed(args, proc.returncode, out, err)
+
+
+def with_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The current environment plus `extra`, for commands that need e.g. SLURM_CONF."""
+    merged = dict(os.environ)
+    merged.update(extra)
+    return merged

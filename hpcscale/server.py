@@ -1,0 +1,465 @@
+"""The statestore's HTTP API: versioned JSON paths, bearer tokens with roles, /metrics, /healthz.
+
+Roles: admin does everything; a submitter submits, reads and cancels tasks; a worker registers,
+claims, heartbeats and reports (only for the queues its token names, when it names any); a
+manager reads backlogs, workers and events and sets pool controls. Every error is JSON with a
+message that names the problem; nothing the client sends reaches a 500.
+"""
+
+
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as FPath
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.exc import OperationalError
+
+from hpcscale import __version__
+from hpcscale.config import Settings
+from hpcscale.errors import AuthError, ConfigError, InvalidTransition, NotFound, StaleLease, StoreError
+from hpcscale.models import (
+    Backlog,
+    CancelReply,
+    CancelRequest,
+    ClaimedTask,
+    ClaimRequest,
+    DeregisterRequest,
+    Event,
+    HeartbeatReply,
+    HeartbeatRequest,
+    QueueName,
+    QueueStats,
+    ReleaseReply,
+    ReleaseRequest,
+    ResultsReply,
+    ResultsRequest,
+    Role,
+    SubmitReply,
+    SubmitRequest,
+    Task,
+    TaskState,
+    TokenInfo,
+    TokenReply,
+    TokenRequest,
+    Worker,
+    WorkerRegistration,
+)
+from hpcscale.statestore import Store
+
+log = logging.getLogger("hpcscale.server")
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+TOKEN_CACHE_SECONDS = 10.0
+
+
+class TokenCache:
+    """Verified tokens for a few seconds, so a claim costs one query, not two."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cache: dict[str, tuple[float, TokenInfo | None]] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, token: str) -> TokenInfo | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(token)
+        if hit is not None and now - hit[0] < TOKEN_CACHE_SECONDS:
+            return hit[1]
+        info = self.store.verify_token(token)
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[token] = (now, info)
+        return info
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413, before anything parses them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _plain_json(send, 413, f"request body over {self.limit} bytes")
+                return
+        seen = 0
+
+        async def limited() -> MutableMapping[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _plain_json(send, 413, f"request body over {self.limit} bytes")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _plain_json(send: Send, status: int, message: str) -> None:
+    body = ('{"error": "' + message + '"}').encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class StoreCollector(Collector):
+    """Task counts by queue and state, read from the store when Prometheus scrapes."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily(
+            "hpcscale_tasks", "Tasks in the store by queue and state", labels=["queue", "state"]
+        )
+        counts = self.store.count_tasks()
+        queues = sorted({q for q, _ in counts})
+        for queue in queues:
+            for state in TaskState:
+                family.add_metric([queue, state.value], counts.get((queue, state.value), 0))
+        yield family
+        workers = GaugeMetricFamily(
+            "hpcscale_workers", "Live workers by pool", labels=["pool"]
+        )
+        by_pool: dict[str, int] = {}
+        for worker in self.store.list_workers(live_only=True):
+            by_pool[worker.pool] = by_pool.get(worker.pool, 0) + 1
+        for pool, count in sorted(by_pool.items()):
+            workers.add_metric([pool], count)
+        yield workers
+
+
+class Metrics:
+    def __init__(self, store: Store) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Histogram(
+            "hpcscale_http_request_seconds", "API request latency", ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.claimed = Counter(
+            "hpcscale_tasks_claimed", "Tasks handed to workers", ["queue"], registry=self.registry
+        )
+        self.results = Counter(
+            "hpcscale_task_results", "Results recorded, by outcome", ["outcome"],
+            registry=self.registry,
+        )
+        self.registry.register(StoreCollector(store))
+
+
+def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> FastAPI:
+    """The API over `store`; with `reaper`, a thread expires stale leases every few seconds."""
+    tokens = TokenCache(store)
+    metrics = Metrics(store)
+    stop = threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        thread = None
+        if reaper:
+            thread = threading.Thread(
+                target=_reap, args=(store, settings.server.reaper_interval, stop),
+                name="hpcscale-reaper", daemon=True,
+            )
+            thread.start()
+        yield
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=10)
+
+    app = FastAPI(
+        title="hpcscale statestore",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url="/v1/openapi.json",
+        docs_url="/v1/docs",
+        redoc_url=None,
+    )
+    app.state.store = store
+    app.state.metrics = metrics
+
+    def caller(*roles: Role) -> Any:
+        allowed = {Role.ADMIN, *roles}
+
+        def check(request: Request) -> TokenInfo:
+            header = request.headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                raise AuthError("missing bearer token (Authorization: Bearer TOKEN)", 401)
+            info = tokens.verify(token.strip())
+            if info is None:
+                raise AuthError("unknown or revoked token", 401)
+            if info.role not in allowed:
+                need = ", ".join(sorted(r.value for r in allowed))
+                raise AuthError(f"role {info.role.value} may not do this (needs {need})", 403)
+            return info
+
+        return Depends(check)
+
+    def in_scope(info: TokenInfo, queues: list[str]) -> None:
+        if info.queues is not None and not set(queues) <= set(info.queues):
+            outside = sorted(set(queues) - set(info.queues))
+            raise AuthError(f"token not valid for queue(s) {', '.join(outside)}", 403)
+
+    AnyReader = Annotated[TokenInfo, caller(Role.SUBMITTER, Role.MANAGER)]
+    Submitter = Annotated[TokenInfo, caller(Role.SUBMITTER)]
+    WorkerTok = Annotated[TokenInfo, caller(Role.WORKER)]
+    Manager = Annotated[TokenInfo, caller(Role.MANAGER)]
+    Stats = Annotated[TokenInfo, caller(Role.WORKER, Role.MANAGER)]
+    Admin = Annotated[TokenInfo, caller()]
+
+    # -------------------------------------------------------------- error mapping
+
+    @app.exception_handler(AuthError)
+    async def _auth(_r: Request, exc: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(NotFound)
+    async def _nf(_r: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+
+    @app.exception_handler(StaleLease)
+    async def _stale(_r: Request, exc: StaleLease) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+
+    @app.exception_handler(InvalidTransition)
+    async def _conflict(_r: Request, exc: InvalidTransition) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+
+    @app.exception_handler(StoreError)
+    async def _store(_r: Request, exc: StoreError) -> JSONResponse:
+        log.warning("store error: %s", exc)
+        return JSONResponse({"error": f"store unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(OperationalError)
+    async def _db(_r: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database error: %s", exc.orig)
+        return JSONResponse({"error": "database unavailable, retry"}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors():
+            loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+            problems.append(f"{loc}: {error.get('msg', 'invalid')}" if loc else error["msg"])
+        return JSONResponse({"error": "; ".join(problems), "problems": problems}, status_code=422)
+
+    # -------------------------------------------------------------- routes
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, str]:
+        store.ping()
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
+    def metrics_endpoint(_who: Manager) -> PlainTextResponse:
+        return PlainTextResponse(
+            generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4"
+        )
+
+    @app.post("/v1/tasks", tags=["tasks"], status_code=201)
+    def submit(body: SubmitRequest, _who: Submitter) -> SubmitReply:
+        ids, duplicate = store.submit(body.tasks, body.idempotency_key)
+        return SubmitReply(ids=ids, duplicate=duplicate)
+
+    @app.get("/v1/tasks", tags=["tasks"])
+    def list_tasks(
+        _who: AnyReader,
+        state: TaskState | None = None,
+        queue: QueueName | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+        after: Annotated[int, Query(ge=0)] = 0,
+    ) -> list[Task]:
+        return store.list_tasks(
+            state=state.value if state else None, queue=queue, limit=limit, after_id=after
+        )
+
+    @app.get("/v1/tasks/{task_id}", tags=["tasks"])
+    def show_task(task_id: Annotated[int, FPath(ge=1)], _who: AnyReader) -> Task:
+        return store.get_task(task_id)
+
+    @app.post("/v1/tasks/cancel", tags=["tasks"])
+    def cancel(body: CancelRequest, _who: Submitter) -> CancelReply:
+        return CancelReply(cancelled=store.cancel(body.ids))
+
+    @app.get("/v1/queues", tags=["queues"])
+    def backlog(
+        _who: AnyReader, queue: Annotated[list[QueueName] | None, Query()] = None
+    ) -> list[Backlog]:
+        return store.claimable(queue)
+
+    @app.get("/v1/queues/{queue}/stats", tags=["queues"])
+    def queue_stats(queue: QueueName, who: Stats) -> QueueStats:
+        in_scope(who, [queue])
+        return store.queue_stats(queue)
+
+    @app.post("/v1/workers", tags=["workers"], status_code=201)
+    def register(body: WorkerRegistration, who: WorkerTok) -> Worker:
+        in_scope(who, body.queues)
+        return store.register_worker(body)
+
+    @app.get("/v1/workers", tags=["workers"])
+    def list_workers(
+        _who: Manager, pool: QueueName | None = None, live: bool = False
+    ) -> list[Worker]:
+        return store.list_workers(pool, live_only=live)
+
+    @app.post("/v1/workers/{worker_id}/claim", tags=["workers"])
+    def claim(worker_id: str, body: ClaimRequest, who: WorkerTok) -> list[ClaimedTask]:
+        in_scope(who, body.queues)
+        claimed = store.claim(worker_id, body.queues, body.max_tasks, body.free_slots)
+        for task in claimed:
+            metrics.claimed.labels(task.queue).inc()
+        return claimed
+
+    @app.post("/v1/workers/{worker_id}/heartbeat", tags=["workers"])
+    def heartbeat(worker_id: str, body: HeartbeatRequest, _who: WorkerTok) -> HeartbeatReply:
+        return store.heartbeat(worker_id, body.running, body.busy_slots)
+
+    @app.post("/v1/workers/{worker_id}/results", tags=["workers"])
+    def results(worker_id: str, body: ResultsRequest, _who: WorkerTok) -> ResultsReply:
+        outcomes = store.results(worker_id, body.results)
+        for outcome in outcomes:
+            metrics.results.labels(outcome.outcome).inc()
+        return ResultsReply(outcomes=outcomes)
+
+    @app.post("/v1/workers/{worker_id}/release", tags=["workers"])
+    def release(worker_id: str, body: ReleaseRequest, _who: WorkerTok) -> ReleaseReply:
+        return ReleaseReply(released=store.release(worker_id, body.leases, body.reason))
+
+    @app.post("/v1/workers/{worker_id}/deregister", tags=["workers"])
+    def deregister(worker_id: str, body: DeregisterRequest, _who: WorkerTok) -> ReleaseReply:
+        return ReleaseReply(released=store.deregister(worker_id, body.reason))
+
+    @app.get("/v1/events", tags=["events"])
+    def list_events(
+        _who: AnyReader,
+        kind_prefix: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
+        task: Annotated[int | None, Query(ge=1)] = None,
+    ) -> list[Event]:
+        return store.events(kind_prefix=kind_prefix, limit=limit, task_id=task)
+
+    @app.post("/v1/tokens", tags=["admin"], status_code=201)
+    def create_token(body: TokenRequest, _who: Admin) -> TokenReply:
+        token = store.create_token(body.role, body.queues, body.name)
+        return TokenReply(token=token, role=body.role, queues=body.queues)
+
+    @app.middleware("http")
+    async def timing(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(request.method, path, str(response.status_code)).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    app.add_middleware(BodyLimit, limit=settings.server.max_body_bytes)
+    return app
+
+
+def _reap(store: Store, interval: float, stop: threading.Event) -> None:
+    while not stop.wait(interval):
+        try:
+            expired = store.expire()
+            if expired:
+                log.info("requeued %d tasks whose lease expired", expired)
+        except Exception:  # keep reaping whatever one pass hit
+            log.exception("lease reaper pass failed")
+
+
+def ensure_admin_token(store: Store, token_file: str) -> Path:
+    """Write an admin token to `token_file` (0600) on first start; refuse a file others can read."""
+    path = Path(token_file).expanduser()
+    if path.exists():
+        check_token_file(path)
+        token = path.read_text().strip()
+        if store.verify_token(token) is None and not store.has_admin_token():
+            # A fresh database next to an old token file: adopt the file's token.
+            store.add_token(token, Role.ADMIN, None, "admin (adopted from token file)")
+        return path
+    token = store.create_token(Role.ADMIN, None, "admin (first start)")
+    write_secret(path, token)
+    return path
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """Create `path` with mode 0600 from the start (never briefly world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    path.chmod(0o600)
+
+
+def check_token_file(path: Path) -> None:
+    """A token file others can read is refused: anyone on the login node could act as us."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            [f"server.token_file: {path} has mode {mode:04o}; run chmod 600 {path}"]
+        )
+
+
+def read_token(path_text: str) -> str:
+    path = Path(path_text).expanduser()
+    try:
+        check_token_file(path)
+        token = path.read_text().strip()
+    except FileNotFoundError as exc:
+        raise ConfigError([f"server.token_file: {path} does not exist"]) from exc
+    if not token:
+        raise ConfigError([f"server.token_file: {path} is empty"])
+    return token
+
+
+def build_uvicorn(app: FastAPI, settings: Settings) -> Any:
+    """A uvicorn server for `app` on [server] bind, with TLS when tls_cert/tls_key are set."""
+    import uvicorn
+
+    from hpcscale.config import host_port
+
+    host, port = host_port(settings.server.bind)
+    tls: dict[str, Any] = {}
+    if settings.server.tls_cert and settings.server.tls_key:
+        tls = {
+            "ssl_certfile": str(Path(settings.server.tls_cert).expanduser()),
+            "ssl_keyfile": str(Path(settings.server.tls_key).expanduser()),
+        }
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=5, **tls,
+    )
+    return uvicorn.Server(config)

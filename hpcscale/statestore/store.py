@@ -1,0 +1,882 @@
+"""The task database: tasks under leases, workers, pools' controls, events, tokens.
+
+One implementation on SQLAlchemy Core serves SQLite and PostgreSQL; they differ only in how a
+claim locks rows (SQLite: one writer at a time, `BEGIN IMMEDIATE` behind an in-process lock so
+threads queue in order instead of in SQLite's sleeping busy handler; PostgreSQL:
+`FOR UPDATE SKIP LOCKED`, so concurrent claimers take different rows without waiting).
+
+Leases: a claim bumps the task's `fence` and counts an attempt. Every later call about that run
+(result, release) must carry the fence; any other is stale and changes nothing (invariant 1).
+A lease not renewed by a heartbeat within the TTL expires: back to `waiting`, or `dead` once
+max_attempts are used (invariant 2). Release hands a task back without using up its attempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from hpcscale.errors import InvalidTransition, NotFound, SchemaMismatch, StoreError
+from hpcscale.models import (
+    Backlog,
+    ClaimedTask,
+    Control,
+    Event,
+    HeartbeatReply,
+    Lease,
+    QueueStats,
+    ResultOutcome,
+    Role,
+    Task,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+    TokenInfo,
+    Worker,
+    WorkerRegistration,
+    WorkerState,
+)
+from hpcscale.statestore import schema
+from hpcscale.statestore.schema import batches, events, meta, pools, tasks, tokens, workers
+
+Clock = Callable[[], float]
+LIVE_WORKER_STATES = (WorkerState.ACTIVE.value, WorkerState.DRAINING.value)
+RECENT_DURATIONS = 100
+
+
+def normalize_url(url: str) -> str:
+    """SQLAlchemy URL from the config's: `~` expanded, psycopg 3 as the PostgreSQL driver."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+class Store:
+    """The statestore. Thread-safe; one instance per process is enough."""
+
+    def __init__(self, url: str, *, lease_ttl: float = 120.0, clock: Clock = time.time) -> None:
+        self.url = normalize_url(url)
+        self.lease_ttl = lease_ttl
+        self.clock = clock
+        self.is_sqlite = self.url.startswith("sqlite")
+        self._write_lock = threading.Lock() if self.is_sqlite else None
+        self.engine = self._make_engine()
+        self._create_or_check_schema()
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _make_engine(self) -> Engine:
+        if not self.is_sqlite:
+            return create_engine(self.url, pool_size=16, max_overflow=32, pool_pre_ping=True)
+        engine = create_engine(
+            self.url, connect_args={"check_same_thread": False, "timeout": 60}, pool_size=16
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            mode = "DEFERRED" if conn.get_execution_options().get("readonly") else "IMMEDIATE"
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        if self._write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as raw:
+            conn = raw.execution_options(readonly=True)
+            with conn.begin():
+                yield conn
+
+    def _create_or_check_schema(self) -> None:
+        with self._write() as conn:
+            schema.metadata.create_all(conn, checkfirst=True)
+            row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
+            if row is None:
+                try:
+                    conn.execute(
+                        insert(meta).values(key="schema_version", value=str(schema.SCHEMA_VERSION))
+                    )
+                except IntegrityError:  # another process created it first
+                    pass
+            elif int(row.value) != schema.SCHEMA_VERSION:
+                raise SchemaMismatch(
+                    f"database schema version {row.value} but this hpcscale uses "
+                    f"{schema.SCHEMA_VERSION}; migrate or point [server] database elsewhere"
+                )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        """Raise StoreError if the database does not answer."""
+        try:
+            with self._read() as conn:
+                conn.execute(select(1))
+        except OperationalError as exc:
+            raise StoreError(f"database unreachable: {exc.orig}") from exc
+
+    @staticmethod
+    def _events(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            conn.execute(insert(events), rows)
+
+    # ----------------------------------------------------------------- tasks
+
+    def submit(self, specs: Sequence[TaskSpec], idempotency_key: str | None = None) -> tuple[
+        list[int], bool
+    ]:
+        """Insert tasks; the same idempotency key again returns the first call's ids."""
+        now = self.clock()
+        rows = [
+            {
+                "queue": s.queue,
+                "priority": s.priority,
+                "command": json.dumps(s.command),
+                "env": json.dumps(s.env),
+                "cwd": s.cwd,
+                "slots": s.slots,
+                "max_attempts": s.max_attempts,
+                "timeout": s.timeout,
+                "attempts": 0,
+                "state": TaskState.WAITING.value,
+                "fence": 0,
+                "submitted_at": now,
+            }
+            for s in specs
+        ]
+        with self._write() as conn:
+            if idempotency_key is not None:
+                found = conn.execute(
+                    select(batches.c.task_ids).where(batches.c.key == idempotency_key)
+                ).first()
+                if found is not None:
+                    return list(json.loads(found.task_ids)), True
+            result = conn.execute(
+                insert(tasks).returning(tasks.c.id, sort_by_parameter_order=True), rows
+            )
+            ids = [int(r.id) for r in result]
+            if idempotency_key is not None:
+                conn.execute(
+                    insert(batches).values(
+                        key=idempotency_key, task_ids=json.dumps(ids), created_at=now
+                    )
+                )
+            self._events(
+                conn,
+                [{"ts": now, "kind": "task.submitted", "task_id": i, "detail": None} for i in ids],
+            )
+        return ids, False
+
+    def claimable(self, queues: Sequence[str] | None = None) -> list[Backlog]:
+        now = self.clock()
+        query = (
+            select(
+                tasks.c.queue,
+                func.count().label("count"),
+                func.sum(tasks.c.slots).label("slots"),
+                func.min(tasks.c.submitted_at).label("oldest"),
+            )
+            .where(tasks.c.state == TaskState.WAITING.value)
+            .group_by(tasks.c.queue)
+            .order_by(tasks.c.queue)
+        )
+        if queues is not None:
+            query = query.where(tasks.c.queue.in_(list(queues)))
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            Backlog(
+                queue=r.queue,
+                count=int(r.count),
+                slots=int(r.slots or 0),
+                oldest_age=max(0.0, now - float(r.oldest)),
+            )
+            for r in rows
+        ]
+
+    def claim(
+        self, worker_id: str, queues: Sequence[str], max_tasks: int, free_slots: int
+    ) -> list[ClaimedTask]:
+        """Lease up to max_tasks waiting tasks that fit in free_slots, by priority then age."""
+        now = self.clock()
+        expiry = now + self.lease_ttl
+        want = min(max_tasks, free_slots)
+        query = (
+            select(
+                tasks.c.id,
+                tasks.c.queue,
+                tasks.c.command,
+                tasks.c.env,
+                tasks.c.cwd,
+                tasks.c.slots,
+                tasks.c.timeout,
+                tasks.c.attempts,
+                tasks.c.fence,
+            )
+            .where(
+                tasks.c.state == TaskState.WAITING.value,
+                tasks.c.queue.in_(list(queues)),
+                tasks.c.slots <= free_slots,
+            )
+            .order_by(tasks.c.priority.desc(), tasks.c.id)
+            .limit(want + 16)
+        )
+        if not self.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        with self._write() as conn:
+            self._require_live_worker(conn, worker_id)
+            chosen = []
+            room = free_slots
+            for row in conn.execute(query):
+                if row.slots <= room:
+                    chosen.append(row)
+                    room -= row.slots
+                    if len(chosen) == want or room == 0:
+                        break
+            if not chosen:
+                return []
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.id == bindparam("b_id"))
+                .values(
+                    state=TaskState.RUNNING.value,
+                    lease_owner=worker_id,
+                    lease_expiry=expiry,
+                    fence=bindparam("b_fence"),
+                    attempts=bindparam("b_attempts"),
+                    started_at=now,
+                    ended_at=None,
+                ),
+                [
+                    {"b_id": r.id, "b_fence": r.fence + 1, "b_attempts": r.attempts + 1}
+                    for r in chosen
+                ],
+            )
+            self._events(
+                conn,
+                [
+                    {"ts": now, "kind": "task.claimed", "task_id": r.id, "worker_id": worker_id,
+                     "detail": f"fence {r.fence + 1}"}
+                    for r in chosen
+                ],
+            )
+        return [
+            ClaimedTask(
+                id=r.id,
+                queue=r.queue,
+                command=json.loads(r.command),
+                env=json.loads(r.env),
+                cwd=r.cwd,
+                slots=r.slots,
+                timeout=r.timeout,
+                attempts=r.attempts + 1,
+                fence=r.fence + 1,
+                lease_expiry=expiry,
+            )
+            for r in chosen
+        ]
+
+    def results(self, worker_id: str, results: Sequence[TaskResult]) -> list[ResultOutcome]:
+        """Record outcomes; a result whose fence is not the live lease's is `stale`, a no-op."""
+        now = self.clock()
+        ids = [r.task_id for r in results]
+        outcomes: list[ResultOutcome] = []
+        updates: list[dict[str, Any]] = []
+        event_rows: list[dict[str, Any]] = []
+        done = 0
+        with self._write() as conn:
+            rows = {
+                r.id: r
+                for r in conn.execute(
+                    select(
+                        tasks.c.id, tasks.c.state, tasks.c.fence, tasks.c.attempts,
+                        tasks.c.max_attempts,
+                    ).where(tasks.c.id.in_(ids))
+                )
+            }
+            seen: set[int] = set()
+            for res in results:
+                row = rows.get(res.task_id)
+                if (
+                    row is None
+                    or row.state != TaskState.RUNNING.value
+                    or row.fence != res.fence
+                    or res.task_id in seen
+                ):
+                    outcomes.append(ResultOutcome(task_id=res.task_id, outcome="stale"))
+                    continue
+                seen.add(res.task_id)
+                done += 1
+                if res.success:
+                    state, outcome, kind = TaskState.SUCCEEDED, "succeeded", "task.succeeded"
+                elif not res.retryable:
+                    state, outcome, kind = TaskState.FAILED, "failed", "task.failed"
+                elif row.attempts >= row.max_attempts:
+                    state, outcome, kind = TaskState.DEAD, "dead", "task.dead"
+                else:
+                    state, outcome, kind = TaskState.WAITING, "requeued", "task.requeued"
+                final = state != TaskState.WAITING
+                updates.append(
+                    {
+                        "b_id": res.task_id,
+                        "b_state": state.value,
+                        "b_exit": res.exit_code,
+                        "b_tail": res.output_tail,
+                        "b_reason": res.reason,
+                        "b_ended": now if final else None,
+                    }
+                )
+                detail = f"exit {res.exit_code}" + (f": {res.reason}" if res.reason else "")
+                if not res.success:
+                    event_rows.append({"ts": now, "kind": "task.failed", "task_id": res.task_id,
+                                       "worker_id": worker_id, "detail": detail})
+                if kind != "task.failed":
+                    event_rows.append({"ts": now, "kind": kind, "task_id": res.task_id,
+                                       "worker_id": worker_id, "detail": None})
+                outcomes.append(ResultOutcome(task_id=res.task_id, outcome=outcome))
+            if updates:
+                conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id == bindparam("b_id"))
+                    .values(
+                        state=bindparam("b_state"),
+                        exit_code=bindparam("b_exit"),
+                        output_tail=bindparam("b_tail"),
+                        reason=bindparam("b_reason"),
+                        ended_at=bindparam("b_ended"),
+                        lease_owner=None,
+                        lease_expiry=None,
+                    ),
+                    updates,
+                )
+                conn.execute(
+                    update(workers)
+                    .where(workers.c.id == worker_id)
+                    .values(tasks_done=workers.c.tasks_done + done)
+                )
+            self._events(conn, event_rows)
+        return outcomes
+
+    def release(
+        self, worker_id: str, leases: Sequence[Lease] | None = None, reason: str = "released"
+    ) -> list[int]:
+        """Give tasks back to `waiting` without using up their attempt."""
+        with self._write() as conn:
+            return self._release(conn, worker_id, leases, reason)
+
+    def _release(
+        self, conn: Connection, worker_id: str, leases: Sequence[Lease] | None, reason: str
+    ) -> list[int]:
+        now = self.clock()
+        cond = and_(tasks.c.lease_owner == worker_id, tasks.c.state == TaskState.RUNNING.value)
+        if leases is not None:
+            if not leases:
+                return []
+            cond = and_(
+                cond,
+                or_(*[and_(tasks.c.id == lease.task_id, tasks.c.fence == lease.fence)
+                      for lease in leases]),
+            )
+        released = [
+            int(r.id)
+            for r in conn.execute(
+                update(tasks)
+                .where(cond)
+                .values(
+                    state=TaskState.WAITING.value,
+                    attempts=tasks.c.attempts - 1,
+                    lease_owner=None,
+                    lease_expiry=None,
+                )
+                .returning(tasks.c.id)
+            )
+        ]
+        self._events(
+            conn,
+            [{"ts": now, "kind": "task.released", "task_id": i, "worker_id": worker_id,
+              "detail": reason} for i in released],
+        )
+        return sorted(released)
+
+    def cancel(self, ids: Sequence[int]) -> list[int]:
+        """Cancel tasks that have not ended; a running one's lease goes stale at once."""
+        now = self.clock()
+        with self._write() as conn:
+            cancelled = [
+                int(r.id)
+                for r in conn.execute(
+                    update(tasks)
+                    .where(
+                        tasks.c.id.in_(list(ids)),
+                        tasks.c.state.in_([TaskState.WAITING.value, TaskState.RUNNING.value]),
+                    )
+                    .values(
+                        state=TaskState.CANCELLED.value,
+                        lease_owner=None,
+                        lease_expiry=None,
+                        ended_at=now,
+                    )
+                    .returning(tasks.c.id)
+                )
+            ]
+            self._events(
+                conn,
+                [{"ts": now, "kind": "task.cancelled", "task_id": i, "detail": None}
+                 for i in cancelled],
+            )
+        return sorted(cancelled)
+
+    def expire(self) -> int:
+        """Requeue (or kill) tasks whose lease ran out; mark silent workers lost. Returns tasks."""
+        now = self.clock()
+        with self._write() as conn:
+            expired = conn.execute(
+                select(tasks.c.id, tasks.c.attempts, tasks.c.max_attempts, tasks.c.lease_owner)
+                .where(tasks.c.state == TaskState.RUNNING.value, tasks.c.lease_expiry < now)
+            ).all()
+            if expired:
+                to_dead = [r for r in expired if r.attempts >= r.max_attempts]
+                to_wait = [r for r in expired if r.attempts < r.max_attempts]
+                base = update(tasks).where(
+                    tasks.c.id == bindparam("b_id"), tasks.c.state == TaskState.RUNNING.value
+                )
+                if to_wait:
+                    conn.execute(
+                        base.values(
+                            state=TaskState.WAITING.value, lease_owner=None, lease_expiry=None
+                        ),
+                        [{"b_id": r.id} for r in to_wait],
+                    )
+                if to_dead:
+                    conn.execute(
+                        base.values(
+                            state=TaskState.DEAD.value,
+                            lease_owner=None,
+                            lease_expiry=None,
+                            ended_at=now,
+                            reason="lease expired on the last attempt",
+                        ),
+                        [{"b_id": r.id} for r in to_dead],
+                    )
+                self._events(
+                    conn,
+                    [{"ts": now, "kind": "task.requeued", "task_id": r.id,
+                      "worker_id": r.lease_owner, "detail": "lease expired"} for r in to_wait]
+                    + [{"ts": now, "kind": "task.dead", "task_id": r.id,
+                        "worker_id": r.lease_owner, "detail": "lease expired"} for r in to_dead],
+                )
+            lost = [
+                r.id
+                for r in conn.execute(
+                    update(workers)
+                    .where(
+                        workers.c.state.in_(LIVE_WORKER_STATES),
+                        workers.c.last_heartbeat < now - self.lease_ttl,
+                    )
+                    .values(state=WorkerState.LOST.value, end_reason="missed heartbeats")
+                    .returning(workers.c.id)
+                )
+            ]
+            self._events(
+                conn,
+                [{"ts": now, "kind": "worker.lost", "worker_id": w, "detail": "missed heartbeats"}
+                 for w in lost],
+            )
+        return len(expired)
+
+    def get_task(self, task_id: int) -> Task:
+        with self._read() as conn:
+            row = conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
+        if row is None:
+            raise NotFound(f"no task {task_id}")
+        return _task(row)
+
+    def list_tasks(
+        self,
+        *,
+        state: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        after_id: int = 0,
+    ) -> list[Task]:
+        query = select(tasks).where(tasks.c.id > after_id).order_by(tasks.c.id).limit(limit)
+        if state is not None:
+            query = query.where(tasks.c.state == state)
+        if queue is not None:
+            query = query.where(tasks.c.queue == queue)
+        with self._read() as conn:
+            return [_task(r) for r in conn.execute(query)]
+
+    def count_tasks(self) -> dict[tuple[str, str], int]:
+        """(queue, state) -> count, for /metrics and `status`."""
+        query = select(tasks.c.queue, tasks.c.state, func.count().label("n")).group_by(
+            tasks.c.queue, tasks.c.state
+        )
+        with self._read() as conn:
+            return {(r.queue, r.state): int(r.n) for r in conn.execute(query)}
+
+    def queue_stats(self, queue: str, limit: int = RECENT_DURATIONS) -> QueueStats:
+        query = (
+            select((tasks.c.ended_at - tasks.c.started_at).label("d"))
+            .where(
+                tasks.c.queue == queue,
+                tasks.c.state == TaskState.SUCCEEDED.value,
+                tasks.c.ended_at.is_not(None),
+            )
+            .order_by(tasks.c.ended_at.desc())
+            .limit(limit)
+        )
+        with self._read() as conn:
+            durations = [max(0.0, float(r.d)) for r in conn.execute(query)]
+        if not durations:
+            return QueueStats(queue=queue, recent_durations=[], mean=None, p90=None)
+        ordered = sorted(durations)
+        p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+        return QueueStats(
+            queue=queue, recent_durations=durations, mean=sum(durations) / len(durations), p90=p90
+        )
+
+    # ----------------------------------------------------------------- workers
+
+    def register_worker(self, reg: WorkerRegistration) -> Worker:
+        now = self.clock()
+        worker_id = uuid.uuid4().hex
+        with self._write() as conn:
+            conn.execute(
+                insert(workers).values(
+                    id=worker_id,
+                    pool=reg.pool,
+                    queues=json.dumps(reg.queues),
+                    host=reg.host,
+                    slots=reg.slots,
+                    job_id=reg.job_id,
+                    array_index=reg.array_index,
+                    submission=reg.submission,
+                    started_at=now,
+                    expected_end=reg.expected_end,
+                    last_heartbeat=now,
+                    state=WorkerState.ACTIVE.value,
+                    tasks_done=0,
+                    busy_slots=0,
+                )
+            )
+            detail = f"pool {reg.pool} host {reg.host}" + (
+                f" job {reg.job_id}" + (f"_{reg.array_index}" if reg.array_index is not None else "")
+                if reg.job_id
+                else ""
+            )
+            self._events(
+                conn,
+                [{"ts": now, "kind": "worker.registered", "worker_id": worker_id,
+                  "detail": detail}],
+            )
+        return self.get_worker(worker_id)
+
+    def get_worker(self, worker_id: str) -> Worker:
+        with self._read() as conn:
+            row = conn.execute(select(workers).where(workers.c.id == worker_id)).first()
+        if row is None:
+            raise NotFound(f"no worker {worker_id}")
+        return _worker(row)
+
+    def list_workers(self, pool: str | None = None, live_only: bool = False) -> list[Worker]:
+        query = select(workers).order_by(workers.c.started_at)
+        if pool is not None:
+            query = query.where(workers.c.pool == pool)
+        if live_only:
+            query = query.where(workers.c.state.in_(LIVE_WORKER_STATES))
+        with self._read() as conn:
+            return [_worker(r) for r in conn.execute(query)]
+
+    def _require_live_worker(self, conn: Connection, worker_id: str) -> Any:
+        row = conn.execute(
+            select(workers.c.state, workers.c.pool).where(workers.c.id == worker_id)
+        ).first()
+        if row is None:
+            raise NotFound(f"no worker {worker_id}; register first")
+        if row.state not in LIVE_WORKER_STATES:
+            raise InvalidTransition(f"worker {worker_id} is {row.state}; register again")
+        return row
+
+    def heartbeat(
+        self, worker_id: str, running: Sequence[int] = (), busy_slots: int = 0
+    ) -> HeartbeatReply:
+        """Renew every lease the worker holds; tell it which of its tasks it lost, and its orders."""
+        now = self.clock()
+        with self._write() as conn:
+            row = conn.execute(
+                select(workers.c.state, workers.c.pool).where(workers.c.id == worker_id)
+            ).first()
+            if row is None:
+                raise NotFound(f"no worker {worker_id}; register first")
+            if row.state == WorkerState.LOST.value:
+                # It was only silent (a stalled network, a paused process): take it back. Its
+                # leases were already requeued; `lost` below tells it to stop those runs.
+                conn.execute(
+                    update(workers).where(workers.c.id == worker_id)
+                    .values(state=WorkerState.ACTIVE.value, end_reason=None)
+                )
+                self._events(conn, [{"ts": now, "kind": "worker.returned",
+                                     "worker_id": worker_id, "detail": None}])
+            renewed = [
+                int(r.id)
+                for r in conn.execute(
+                    update(tasks)
+                    .where(
+                        tasks.c.lease_owner == worker_id,
+                        tasks.c.state == TaskState.RUNNING.value,
+                    )
+                    .values(lease_expiry=now + self.lease_ttl)
+                    .returning(tasks.c.id)
+                )
+            ]
+            conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id)
+                .values(last_heartbeat=now, busy_slots=busy_slots)
+            )
+            control, surplus = self._pool_orders(conn, row.pool)
+            if row.state == WorkerState.ENDED.value:
+                control = Control.EXIT
+        held = set(renewed)
+        return HeartbeatReply(
+            renewed=sorted(renewed),
+            lost=sorted(t for t in running if t not in held),
+            control=control,
+            surplus=surplus,
+            lease_ttl=self.lease_ttl,
+        )
+
+    def _pool_orders(self, conn: Connection, pool: str) -> tuple[Control, bool]:
+        prow = conn.execute(
+            select(pools.c.control, pools.c.min_workers).where(pools.c.name == pool)
+        ).first()
+        live = conn.execute(
+            select(func.count())
+            .select_from(workers)
+            .where(workers.c.pool == pool, workers.c.state.in_(LIVE_WORKER_STATES))
+        ).scalar_one()
+        control = Control(prow.control) if prow is not None else Control.CONTINUE
+        min_workers = int(prow.min_workers) if prow is not None else 0
+        return control, int(live) > min_workers
+
+    def deregister(self, worker_id: str, reason: str = "ended") -> list[int]:
+        """The worker is leaving: hand back what it holds (no attempt used), mark it ended."""
+        now = self.clock()
+        with self._write() as conn:
+            row = conn.execute(select(workers.c.state).where(workers.c.id == worker_id)).first()
+            if row is None:
+                raise NotFound(f"no worker {worker_id}")
+            released = self._release(conn, worker_id, None, f"worker ended: {reason}")
+            conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id)
+                .values(state=WorkerState.ENDED.value, end_reason=reason, busy_slots=0)
+            )
+            self._events(
+                conn,
+                [{"ts": now, "kind": "worker.ended", "worker_id": worker_id, "detail": reason}],
+            )
+        return released
+
+    # ----------------------------------------------------------------- pools
+
+    def set_pool(
+        self,
+        name: str,
+        *,
+        manager: str | None = None,
+        min_workers: int | None = None,
+        control: Control | None = None,
+        max_workers_override: int | None = None,
+    ) -> None:
+        """Create or update a pool's row; only the given fields change."""
+        now = self.clock()
+        values: dict[str, Any] = {"updated_at": now}
+        if manager is not None:
+            values["manager"] = manager
+        if min_workers is not None:
+            values["min_workers"] = min_workers
+        if control is not None:
+            values["control"] = control.value
+        if max_workers_override is not None:
+            values["max_workers_override"] = max_workers_override
+        with self._write() as conn:
+            changed = conn.execute(update(pools).where(pools.c.name == name).values(**values))
+            if changed.rowcount == 0:
+                conn.execute(insert(pools).values(name=name, **values))
+            if control is not None:
+                self._events(
+                    conn, [{"ts": now, "kind": f"pool.{control.value}", "detail": name}]
+                )
+
+    # ----------------------------------------------------------------- events
+
+    def events(
+        self, *, kind_prefix: str | None = None, limit: int = 50, task_id: int | None = None
+    ) -> list[Event]:
+        """The newest `limit` events, oldest first."""
+        query = select(events).order_by(events.c.id.desc()).limit(limit)
+        if kind_prefix:
+            query = query.where(events.c.kind.startswith(kind_prefix, autoescape=True))
+        if task_id is not None:
+            query = query.where(events.c.task_id == task_id)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            Event(id=r.id, ts=r.ts, kind=r.kind, task_id=r.task_id, worker_id=r.worker_id,
+                  detail=r.detail)
+            for r in reversed(rows)
+        ]
+
+    def add_event(self, kind: str, detail: str | None = None, *, task_id: int | None = None,
+                  worker_id: str | None = None) -> None:
+        with self._write() as conn:
+            self._events(conn, [{"ts": self.clock(), "kind": kind, "task_id": task_id,
+                                 "worker_id": worker_id, "detail": detail}])
+
+    # ----------------------------------------------------------------- tokens
+
+    def create_token(
+        self, role: Role, queues: Sequence[str] | None = None, name: str = ""
+    ) -> str:
+        """A new random token; only its SHA-256 digest is stored."""
+        token = secrets.token_urlsafe(32)
+        self.add_token(token, role, queues, name)
+        return token
+
+    def add_token(
+        self, token: str, role: Role, queues: Sequence[str] | None = None, name: str = ""
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                insert(tokens).values(
+                    digest=digest(token),
+                    role=role.value,
+                    queues=json.dumps(list(queues)) if queues is not None else None,
+                    name=name,
+                    created_at=self.clock(),
+                    revoked=0,
+                )
+            )
+
+    def verify_token(self, token: str) -> TokenInfo | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(tokens).where(tokens.c.digest == digest(token), tokens.c.revoked == 0)
+            ).first()
+        if row is None:
+            return None
+        return TokenInfo(
+            id=row.id,
+            role=Role(row.role),
+            queues=json.loads(row.queues) if row.queues is not None else None,
+            name=row.name,
+        )
+
+    def has_admin_token(self) -> bool:
+        with self._read() as conn:
+            return (
+                conn.execute(
+                    select(tokens.c.id).where(tokens.c.role == Role.ADMIN.value).limit(1)
+                ).first()
+                is not None
+            )
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _task(row: Any) -> Task:
+    return Task(
+        id=row.id,
+        queue=row.queue,
+        priority=row.priority,
+        command=json.loads(row.command),
+        env=json.loads(row.env),
+        cwd=row.cwd,
+        slots=row.slots,
+        max_attempts=row.max_attempts,
+        timeout=row.timeout,
+        attempts=row.attempts,
+        state=TaskState(row.state),
+        lease_owner=row.lease_owner,
+        lease_expiry=row.lease_expiry,
+        fence=row.fence,
+        exit_code=row.exit_code,
+        output_tail=row.output_tail,
+        reason=row.reason,
+        submitted_at=row.submitted_at,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+    )
+
+
+def _worker(row: Any) -> Worker:
+    return Worker(
+        id=row.id,
+        pool=row.pool,
+        queues=json.loads(row.queues),
+        host=row.host,
+        slots=row.slots,
+        job_id=row.job_id,
+        array_index=row.array_index,
+        submission=row.submission,
+        started_at=row.started_at,
+        expected_end=row.expected_end,
+        last_heartbeat=row.last_heartbeat,
+        state=WorkerState(row.state),
+        tasks_done=row.tasks_done,
+        busy_slots=row.busy_slots,
+        end_reason=row.end_reason,
+    )
+
+
+def open_store(url: str, *, lease_ttl: float = 120.0, clock: Clock = time.time) -> Store:
+    return Store(url, lease_ttl=lease_ttl, clock=clock)
+
