@@ -7,9 +7,19 @@ test fails instead: every part the suite needs is brought up there, so a skip me
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+from hpcscale.config import Settings, from_mapping
+from hpcscale.models import Role
+from hpcscale.statestore import Store, open_store
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -21,3 +31,121 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     ):
         report.outcome = "failed"
         report.longrepr = f"skipped, but HPCSCALE_NO_SKIP=1 forbids skips: {report.longrepr}"
+
+
+# ---------------------------------------------------------------------- statestores
+
+
+
+PG_URL = os.environ.get("HPCSCALE_TEST_PG_URL")
+
+
+class FakeClock:
+    """A clock the test moves by hand, so lease expiry needs no sleeping."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    if not PG_URL:
+        pytest.skip("PostgreSQL not available: run scripts/pg-lab.sh up (HPCSCALE_TEST_PG_URL)")
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin_url = PG_URL.replace("postgresql://", "postgresql://", 1)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL for each backend; every statestore test runs on both."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/state.db"
+    else:
+        yield from _pg_database()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_store(store_url: str) -> Iterator[Callable[..., Store]]:
+    made: list[Store] = []
+
+    def make(**kwargs: object) -> Store:
+        store = open_store(store_url, **kwargs)  # type: ignore[arg-type]
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., Store], clock: FakeClock) -> Store:
+    return make_store(lease_ttl=60.0, clock=clock)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    url: str
+    store: Store
+    settings: Settings
+    tokens: dict[Role, str]
+
+
+@pytest.fixture
+def live_server(store_url: str) -> Iterator[LiveServer]:
+    """The real API on a loopback port (uvicorn in a thread), with a token of every role."""
+    import uvicorn
+
+    from hpcscale.server import create_app
+
+    port = free_port()
+    settings = from_mapping(
+        {"server": {"url": f"http://127.0.0.1:{port}", "bind": f"127.0.0.1:{port}",
+                    "database": store_url, "lease_ttl": "2s", "reaper_interval": "0.5s"}}
+    )
+    store = open_store(store_url, lease_ttl=settings.server.lease_ttl)
+    tokens = {role: store.create_token(role, None, f"test {role.value}") for role in Role}
+    app = create_app(store, settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    try:
+        yield LiveServer(settings.server.url, store, settings, tokens)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        store.close()
