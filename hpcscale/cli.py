@@ -27,7 +27,8 @@ SUBMIT_CHUNK = 1000
 def _common() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
-        "--config", metavar="FILE",
+        "--config",
+        metavar="FILE",
         help="config file (default: $HPCSCALE_CONFIG, then ~/.config/hpcscale/config.toml)",
     )
     return parent
@@ -50,22 +51,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-root", action="store_true", help="run even as root (not advised)")
     p.set_defaults(func=cmd_server)
 
-    p = sub.add_parser("submit", parents=[common, listing], help="submit tasks",
-                       description="Submit one task (argv after --) or many (--file tasks.jsonl).")
+    p = sub.add_parser(
+        "submit",
+        parents=[common, listing],
+        help="submit tasks",
+        description="Submit one task (argv after --) or many (--file tasks.jsonl).",
+    )
     p.add_argument("--queue", default=None, help="queue (default: default)")
     p.add_argument("--priority", type=int, default=None, help="higher runs first")
     p.add_argument("--slots", type=int, default=None, help="slots the task needs on a worker")
     p.add_argument("--max-attempts", type=int, default=None, help="tries before `dead`")
     p.add_argument("--timeout", default=None, help="kill the task after this long (e.g. 10m)")
     p.add_argument("--cwd", default=None, help="working directory of the task")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="environment variable for the task (repeatable)")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for the task (repeatable)",
+    )
     p.add_argument("--file", type=Path, help="JSONL file, one JSON task a line")
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND ARG...")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("tasks", parents=[common, listing], help="list tasks, or `tasks show ID`")
-    p.add_argument("--state", default=None, help="waiting, running, succeeded, failed, dead, cancelled")
+    p.add_argument(
+        "--state", default=None, help="waiting, running, succeeded, failed, dead, cancelled"
+    )
     p.add_argument("--queue", default=None)
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--after", type=int, default=0, help="only ids above this (paging)")
@@ -93,12 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=[r.value for r in Role])
     create.add_argument("--queues", default=None, help="comma-separated queues it may use")
     create.add_argument("--name", default="", help="a note to recognise it by")
-    create.add_argument("--output", type=Path, default=None,
-                        help="write the token to this file (mode 0600) instead of printing it")
+    create.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="write the token to this file (mode 0600) instead of printing it",
+    )
     p.set_defaults(func=cmd_token)
 
-    p = sub.add_parser("check-config", parents=[common, listing],
-                       help="validate a config file and print it resolved")
+    p = sub.add_parser(
+        "check-config",
+        parents=[common, listing],
+        help="validate a config file and print it resolved",
+    )
     p.add_argument("file", nargs="?", help="the file (default: the --config lookup order)")
     p.set_defaults(func=cmd_check_config)
 
@@ -162,10 +181,12 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 def refuse_root(allowed: bool) -> None:
     if os.geteuid() == 0 and not allowed:
-        raise ConfigError([
-            "refusing to run as root: a compromised token would own the machine; "
-            "run as a normal user, or pass --allow-root"
-        ])
+        raise ConfigError(
+            [
+                "refusing to run as root: a compromised token would own the machine; "
+                "run as a normal user, or pass --allow-root"
+            ]
+        )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -180,7 +201,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         specs = read_tasks(args.file, defaults)
     elif argv:
         try:
-            specs = [TaskSpec(command=argv, **defaults)]  # type: ignore[arg-type]
+            specs = [TaskSpec(command=argv, **defaults)]
         except ValidationError as exc:
             raise ConfigError(config.describe(exc)) from exc
     else:
@@ -189,7 +210,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with make_client(args, settings) as client:
         show_progress = len(specs) > SUBMIT_CHUNK and sys.stderr.isatty() and not args.json
         for start in range(0, len(specs), SUBMIT_CHUNK):
-            ids += client.submit(specs[start:start + SUBMIT_CHUNK]).ids
+            ids += client.submit(specs[start : start + SUBMIT_CHUNK]).ids
             if show_progress:
                 print(f"\rsubmitted {len(ids)}/{len(specs)}", end="", file=sys.stderr)
         if show_progress:
@@ -246,9 +267,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     emit(
         args,
         {"cancelled": cancelled, "not_cancelled": missed},
-        lambda: f"cancelled {len(cancelled)}: {' '.join(map(str, cancelled)) or '-'}"
-        + (f"\nnot cancelled (unknown or already ended): {' '.join(map(str, missed))}"
-           if missed else ""),
+        lambda: (
+            f"cancelled {len(cancelled)}: {' '.join(map(str, cancelled)) or '-'}"
+            + (
+                f"\nnot cancelled (unknown or already ended): {' '.join(map(str, missed))}"
+                if missed
+                else ""
+            )
+        ),
     )
     return 0 if not missed else 1
 
@@ -267,8 +293,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     data = {"queues": backlog, "workers": workers}
 
     def text() -> str:
-        parts = ["QUEUES", display.backlog_table(backlog) if backlog else "  nothing claimable",
-                 "", "WORKERS", display.workers_table(workers) if workers else "  none live"]
+        parts = [
+            "QUEUES",
+            display.backlog_table(backlog) if backlog else "  nothing claimable",
+            "",
+            "WORKERS",
+            display.workers_table(workers) if workers else "  none live",
+        ]
         return "\n".join(parts)
 
     emit(args, data, text)

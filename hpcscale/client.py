@@ -73,7 +73,10 @@ class Client:
         self.url = url.rstrip("/")
         self.retry_for = retry_for
         self._http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, transport=transport,
+            base_url=self.url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
             verify=verify,
         )
 
@@ -159,11 +162,16 @@ class Client:
         )
 
     def list_tasks(
-        self, *, state: str | None = None, queue: str | None = None, limit: int = 100,
+        self,
+        *,
+        state: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
         after: int = 0,
     ) -> list[Task]:
         raw = self._request(
-            "GET", "/v1/tasks",
+            "GET",
+            "/v1/tasks",
             params=_clean({"state": state, "queue": queue, "limit": limit, "after": after}),
         )
         return _list(Task, raw)
@@ -189,7 +197,11 @@ class Client:
         return _list(Worker, raw)
 
     def claim(
-        self, worker_id: str, queues: Sequence[str], max_tasks: int = 1, free_slots: int = 1,
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        max_tasks: int = 1,
+        free_slots: int = 1,
         retry_for: float | None = None,
     ) -> list[ClaimedTask]:
         body = ClaimRequest(queues=list(queues), max_tasks=max_tasks, free_slots=free_slots)
@@ -199,7 +211,10 @@ class Client:
         return _list(ClaimedTask, raw)
 
     def heartbeat(
-        self, worker_id: str, running: Sequence[int] = (), busy_slots: int = 0,
+        self,
+        worker_id: str,
+        running: Sequence[int] = (),
+        busy_slots: int = 0,
         retry_for: float | None = None,
     ) -> HeartbeatReply:
         body = HeartbeatRequest(running=list(running), busy_slots=busy_slots)
@@ -211,14 +226,24 @@ class Client:
     def results(
         self, worker_id: str, results: Sequence[TaskResult], retry_for: float | None = None
     ) -> list[ResultOutcome]:
-        raw = self._request(
-            "POST", f"/v1/workers/{worker_id}/results",
-            body=ResultsRequest(results=list(results)), retry_for=retry_for,
-        )
+        try:
+            raw = self._request(
+                "POST",
+                f"/v1/workers/{worker_id}/results",
+                body=ResultsRequest(results=list(results)),
+                retry_for=retry_for,
+            )
+        except ClientError as exc:
+            if exc.status != 409:
+                raise
+            return [ResultOutcome(task_id=r.task_id, outcome="stale") for r in results]
         return ResultsReply.model_validate(raw).outcomes
 
     def release(
-        self, worker_id: str, leases: Sequence[Lease] | None = None, reason: str = "released",
+        self,
+        worker_id: str,
+        leases: Sequence[Lease] | None = None,
+        reason: str = "released",
         retry_for: float | None = None,
     ) -> list[int]:
         body = ReleaseRequest(leases=list(leases) if leases is not None else None, reason=reason)
@@ -231,8 +256,10 @@ class Client:
         self, worker_id: str, reason: str = "ended", retry_for: float | None = None
     ) -> list[int]:
         raw = self._request(
-            "POST", f"/v1/workers/{worker_id}/deregister",
-            body=DeregisterRequest(reason=reason), retry_for=retry_for,
+            "POST",
+            f"/v1/workers/{worker_id}/deregister",
+            body=DeregisterRequest(reason=reason),
+            retry_for=retry_for,
         )
         return ReleaseReply.model_validate(raw).released
 
@@ -240,7 +267,8 @@ class Client:
         self, *, kind_prefix: str | None = None, limit: int = 50, task: int | None = None
     ) -> list[Event]:
         raw = self._request(
-            "GET", "/v1/events",
+            "GET",
+            "/v1/events",
             params=_clean({"kind_prefix": kind_prefix, "limit": limit, "task": task}),
         )
         return _list(Event, raw)

@@ -35,7 +35,7 @@ from hpcscale.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("~/.config/hpcscale/config.toml")
 DEFAULT_DATABASE = "sqlite:///~/.local/share/hpcscale/state.db"
-DEFAULT_TOKEN_FILE = "~/.config/hpcscale/token"
+DEFAULT_TOKEN_FILE = "~/.config/hpcscale/token"  # noqa: S105 - a path, not a secret
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -74,7 +74,7 @@ def _parse_duration_text(text: str) -> float:
 
 def format_slurm_time(seconds: float) -> str:
     """Slurm's D-HH:MM:SS (rounded up to a whole minute is not needed: Slurm takes seconds)."""
-    total = int(round(seconds))
+    total = round(seconds)
     days, rest = divmod(total, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)

@@ -15,8 +15,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     for row in cells:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-              for row in cells]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     return "\n".join(lines)
 
 
@@ -39,23 +40,40 @@ def ago(seconds: float) -> str:
 def tasks_table(tasks: Sequence[Task]) -> str:
     return table(
         ["ID", "STATE", "QUEUE", "PRIO", "TRIES", "EXIT", "COMMAND"],
-        [[t.id, t.state.value, t.queue, t.priority, f"{t.attempts}/{t.max_attempts}",
-          "-" if t.exit_code is None else t.exit_code, clip(shlex.join(t.command))]
-         for t in tasks],
+        [
+            [
+                t.id,
+                t.state.value,
+                t.queue,
+                t.priority,
+                f"{t.attempts}/{t.max_attempts}",
+                "-" if t.exit_code is None else t.exit_code,
+                clip(shlex.join(t.command)),
+            ]
+            for t in tasks
+        ],
     )
 
 
 def task_detail(task: Task) -> str:
     fields = [
-        ("id", task.id), ("state", task.state.value), ("queue", task.queue),
-        ("priority", task.priority), ("command", shlex.join(task.command)),
-        ("cwd", task.cwd or "-"), ("env", " ".join(f"{k}={v}" for k, v in task.env.items()) or "-"),
-        ("slots", task.slots), ("attempts", f"{task.attempts}/{task.max_attempts}"),
+        ("id", task.id),
+        ("state", task.state.value),
+        ("queue", task.queue),
+        ("priority", task.priority),
+        ("command", shlex.join(task.command)),
+        ("cwd", task.cwd or "-"),
+        ("env", " ".join(f"{k}={v}" for k, v in task.env.items()) or "-"),
+        ("slots", task.slots),
+        ("attempts", f"{task.attempts}/{task.max_attempts}"),
         ("timeout", "-" if task.timeout is None else f"{task.timeout:g}s"),
-        ("lease owner", task.lease_owner or "-"), ("fence", task.fence),
+        ("lease owner", task.lease_owner or "-"),
+        ("fence", task.fence),
         ("exit code", "-" if task.exit_code is None else task.exit_code),
-        ("reason", task.reason or "-"), ("submitted", when(task.submitted_at)),
-        ("started", when(task.started_at)), ("ended", when(task.ended_at)),
+        ("reason", task.reason or "-"),
+        ("submitted", when(task.submitted_at)),
+        ("started", when(task.started_at)),
+        ("ended", when(task.ended_at)),
     ]
     out = "\n".join(f"{k:>12}: {v}" for k, v in fields)
     if task.output_tail:
@@ -66,8 +84,10 @@ def task_detail(task: Task) -> str:
 def events_table(events: Sequence[Event]) -> str:
     return table(
         ["TIME", "KIND", "TASK", "WORKER", "DETAIL"],
-        [[when(e.ts), e.kind, e.task_id or "-", (e.worker_id or "-")[:12], e.detail or ""]
-         for e in events],
+        [
+            [when(e.ts), e.kind, e.task_id or "-", (e.worker_id or "-")[:12], e.detail or ""]
+            for e in events
+        ],
     )
 
 
@@ -82,9 +102,20 @@ def workers_table(workers: Sequence[Worker]) -> str:
     now = time.time()
     return table(
         ["WORKER", "POOL", "STATE", "JOB", "HOST", "SLOTS", "BUSY", "DONE", "HEARTBEAT"],
-        [[w.id[:12], w.pool, w.state.value,
-          "-" if w.job_id is None else w.job_id + ("" if w.array_index is None
-                                                   else f"_{w.array_index}"),
-          w.host, w.slots, w.busy_slots, w.tasks_done, ago(max(0.0, now - w.last_heartbeat))]
-         for w in workers],
+        [
+            [
+                w.id[:12],
+                w.pool,
+                w.state.value,
+                "-"
+                if w.job_id is None
+                else w.job_id + ("" if w.array_index is None else f"_{w.array_index}"),
+                w.host,
+                w.slots,
+                w.busy_slots,
+                w.tasks_done,
+                ago(max(0.0, now - w.last_heartbeat)),
+            ]
+            for w in workers
+        ],
     )

@@ -1,20 +1,20 @@
 """One exception tree for hpcscale, so callers catch what they can handle and nothing else.
 
-    HpcscaleError
-    ├── ConfigError              bad config file or value; CLI exit 2
-    ├── StoreError               the statestore refused or failed
-    │   ├── NotFound             no such task / worker / token
-    │   ├── StaleLease           the fencing token is not the live lease's (HTTP 409)
-    │   ├── InvalidTransition    the task is not in a state that allows this (HTTP 409)
-    │   └── SchemaMismatch       the database was written by another schema version
-    ├── AuthError                missing or wrong token (HTTP 401), wrong role (HTTP 403)
-    ├── ClientError              the server answered with an error or could not be reached
-    │   └── ServerUnavailable    connection refused / 5xx after all retries
-    ├── CommandError             a subprocess failed or timed out (argv, exit code, stdout, stderr)
-    │   └── CommandTimeout
-    └── SchedulerError           a scheduler refused or failed
-        ├── PermanentSubmitError the scheduler will refuse this again (QOS limit, bad partition)
-        └── TransientSchedulerError  worth a retry after reconciling by tag
+HpcscaleError
+├── ConfigError              bad config file or value; CLI exit 2
+├── StoreError               the statestore refused or failed
+│   ├── NotFound             no such task / worker / token
+│   ├── StaleLease           the fencing token is not the live lease's (HTTP 409)
+│   ├── InvalidTransition    the task is not in a state that allows this (HTTP 409)
+│   └── SchemaMismatch       the database was written by another schema version
+├── AuthError                missing or wrong token (HTTP 401), wrong role (HTTP 403)
+├── ClientError              the server answered with an error or could not be reached
+│   └── ServerUnavailable    connection refused / 5xx after all retries
+├── CommandError             a subprocess failed or timed out (argv, exit code, stdout, stderr)
+│   └── CommandTimeout
+└── SchedulerError           a scheduler refused or failed
+    ├── PermanentSubmitError the scheduler will refuse this again (QOS limit, bad partition)
+    └── TransientSchedulerError  worth a retry after reconciling by tag
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ class CommandError(HpcscaleError):
         self.stderr = stderr
         detail = why or f"exit code {returncode}"
         tail = (stderr or stdout).strip().splitlines()[-3:]
-        super().__init__(f"{' '.join(self.argv)}: {detail}" + (f": {' | '.join(tail)}" if tail else ""))
+        super().__init__(
+            f"{' '.join(self.argv)}: {detail}" + (f": {' | '.join(tail)}" if tail else "")
+        )
 
 
 class CommandTimeout(CommandError):

@@ -26,7 +26,9 @@ class TaskState(StrEnum):
     CANCELLED = "cancelled"
 
 
-FINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED})
+FINAL_STATES = frozenset(
+    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED}
+)
 
 
 class Role(StrEnum):

@@ -6,7 +6,6 @@ manager reads backlogs, workers and events and sets pool controls. Every error i
 message that names the problem; nothing the client sends reaches a 500.
 """
 
-
 import logging
 import os
 import stat
@@ -28,7 +27,14 @@ from sqlalchemy.exc import OperationalError
 
 from hpcscale import __version__
 from hpcscale.config import Settings
-from hpcscale.errors import AuthError, ConfigError, InvalidTransition, NotFound, StaleLease, StoreError
+from hpcscale.errors import (
+    AuthError,
+    ConfigError,
+    InvalidTransition,
+    NotFound,
+    StaleLease,
+    StoreError,
+)
 from hpcscale.models import (
     Backlog,
     CancelReply,
@@ -126,9 +132,16 @@ class _BodyTooLarge(Exception):
 
 async def _plain_json(send: Send, status: int, message: str) -> None:
     body = ('{"error": "' + message + '"}').encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -148,9 +161,7 @@ class StoreCollector(Collector):
             for state in TaskState:
                 family.add_metric([queue, state.value], counts.get((queue, state.value), 0))
         yield family
-        workers = GaugeMetricFamily(
-            "hpcscale_workers", "Live workers by pool", labels=["pool"]
-        )
+        workers = GaugeMetricFamily("hpcscale_workers", "Live workers by pool", labels=["pool"])
         by_pool: dict[str, int] = {}
         for worker in self.store.list_workers(live_only=True):
             by_pool[worker.pool] = by_pool.get(worker.pool, 0) + 1
@@ -163,14 +174,18 @@ class Metrics:
     def __init__(self, store: Store) -> None:
         self.registry = CollectorRegistry()
         self.requests = Histogram(
-            "hpcscale_http_request_seconds", "API request latency", ["method", "route", "status"],
+            "hpcscale_http_request_seconds",
+            "API request latency",
+            ["method", "route", "status"],
             registry=self.registry,
         )
         self.claimed = Counter(
             "hpcscale_tasks_claimed", "Tasks handed to workers", ["queue"], registry=self.registry
         )
         self.results = Counter(
-            "hpcscale_task_results", "Results recorded, by outcome", ["outcome"],
+            "hpcscale_task_results",
+            "Results recorded, by outcome",
+            ["outcome"],
             registry=self.registry,
         )
         self.registry.register(StoreCollector(store))
@@ -187,8 +202,10 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         thread = None
         if reaper:
             thread = threading.Thread(
-                target=_reap, args=(store, settings.server.reaper_interval, stop),
-                name="hpcscale-reaper", daemon=True,
+                target=_reap,
+                args=(store, settings.server.reaper_interval, stop),
+                name="hpcscale-reaper",
+                daemon=True,
             )
             thread.start()
         yield
@@ -346,12 +363,27 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     def heartbeat(worker_id: str, body: HeartbeatRequest, _who: WorkerTok) -> HeartbeatReply:
         return store.heartbeat(worker_id, body.running, body.busy_slots)
 
-    @app.post("/v1/workers/{worker_id}/results", tags=["workers"])
-    def results(worker_id: str, body: ResultsRequest, _who: WorkerTok) -> ResultsReply:
+    @app.post(
+        "/v1/workers/{worker_id}/results",
+        tags=["workers"],
+        response_model=ResultsReply,
+        responses={409: {"description": "every result was stale; nothing changed"}},
+    )
+    def results(worker_id: str, body: ResultsRequest, _who: WorkerTok) -> Any:
+        """409 when every result is stale (nothing changed); else 200, stale ones marked."""
         outcomes = store.results(worker_id, body.results)
         for outcome in outcomes:
             metrics.results.labels(outcome.outcome).inc()
-        return ResultsReply(outcomes=outcomes)
+        reply = ResultsReply(outcomes=outcomes)
+        if all(o.outcome == "stale" for o in outcomes):
+            return JSONResponse(
+                {
+                    "error": "stale lease: the fencing token is not the task's live lease",
+                    **reply.model_dump(mode="json"),
+                },
+                status_code=409,
+            )
+        return reply
 
     @app.post("/v1/workers/{worker_id}/release", tags=["workers"])
     def release(worker_id: str, body: ReleaseRequest, _who: WorkerTok) -> ReleaseReply:
@@ -428,9 +460,7 @@ def check_token_file(path: Path) -> None:
     """A token file others can read is refused: anyone on the login node could act as us."""
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise ConfigError(
-            [f"server.token_file: {path} has mode {mode:04o}; run chmod 600 {path}"]
-        )
+        raise ConfigError([f"server.token_file: {path} has mode {mode:04o}; run chmod 600 {path}"])
 
 
 def read_token(path_text: str) -> str:
@@ -459,7 +489,12 @@ def build_uvicorn(app: FastAPI, settings: Settings) -> Any:
             "ssl_keyfile": str(Path(settings.server.tls_key).expanduser()),
         }
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False,
-        timeout_graceful_shutdown=5, **tls,
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        **tls,
     )
     return uvicorn.Server(config)

@@ -32,8 +32,9 @@ def read_tasks(path: Path, defaults: dict[str, object] | None = None) -> list[Ta
                 problems.append(f"{path}:{number}: not JSON: {exc.msg}")
                 continue
             if not isinstance(data, dict):
-                problems.append(f"{path}:{number}: must be a JSON object such as "
-                                '{"command": ["echo", "hi"]}')
+                problems.append(
+                    f'{path}:{number}: must be a JSON object such as {{"command": ["echo", "hi"]}}'
+                )
                 continue
             try:
                 specs.append(TaskSpec(**{**(defaults or {}), **data}))

@@ -26,15 +26,16 @@ from hpcscale.statestore import Store, open_store
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
-    if report.skipped and os.environ.get("HPCSCALE_NO_SKIP") == "1" and not hasattr(
-        report, "wasxfail"
+    if (
+        report.skipped
+        and os.environ.get("HPCSCALE_NO_SKIP") == "1"
+        and not hasattr(report, "wasxfail")
     ):
         report.outcome = "failed"
         report.longrepr = f"skipped, but HPCSCALE_NO_SKIP=1 forbids skips: {report.longrepr}"
 
 
 # ---------------------------------------------------------------------- statestores
-
 
 
 PG_URL = os.environ.get("HPCSCALE_TEST_PG_URL")
@@ -127,8 +128,15 @@ def live_server(store_url: str) -> Iterator[LiveServer]:
 
     port = free_port()
     settings = from_mapping(
-        {"server": {"url": f"http://127.0.0.1:{port}", "bind": f"127.0.0.1:{port}",
-                    "database": store_url, "lease_ttl": "2s", "reaper_interval": "0.5s"}}
+        {
+            "server": {
+                "url": f"http://127.0.0.1:{port}",
+                "bind": f"127.0.0.1:{port}",
+                "database": store_url,
+                "lease_ttl": "2s",
+                "reaper_interval": "0.5s",
+            }
+        }
     )
     store = open_store(store_url, lease_ttl=settings.server.lease_ttl)
     tokens = {role: store.create_token(role, None, f"test {role.value}") for role in Role}

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from slurm_fixtures import require_slurm, unique, wait_for
 
 import hpcscale
 from hpcscale import config, jobscript
@@ -23,6 +22,7 @@ from hpcscale.jobscript import directives, render
 from hpcscale.schedulers.base import ElementState, Scheduler
 from hpcscale.schedulers.local import LocalScheduler
 from hpcscale.schedulers.slurm import SlurmScheduler
+from tests.slurm_fixtures import require_slurm, unique, wait_for
 
 SECRET = "tok-" + "s3cr3t-do-not-leak-0123456789"
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_fixtures import unique, wait_for
 
 from hpcscale.config import PoolConfig
 from hpcscale.errors import SchedulerError
@@ -20,6 +19,7 @@ from hpcscale.schedulers.base import ElementState, ElementStatus
 from hpcscale.schedulers.local import LocalScheduler
 from hpcscale.schedulers.localstate import alive, element_path, proc_identity, read_json, write_json
 from hpcscale.schedulers.slurm import SlurmScheduler
+from tests.slurm_fixtures import unique, wait_for
 
 S = ElementState
 

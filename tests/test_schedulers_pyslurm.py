@@ -14,12 +14,12 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from slurm_fixtures import require_slurm, script, unique, wait_for
 
 from hpcscale.config import PoolConfig
 from hpcscale.errors import SchedulerError
 from hpcscale.schedulers import make_scheduler
 from hpcscale.schedulers.base import TERMINAL, ElementState
+from tests.slurm_fixtures import require_slurm, script, unique, wait_for
 
 HAVE_PYSLURM = importlib.util.find_spec("pyslurm") is not None
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from slurm_fixtures import REPO, require_slurm, script, unique, wait_for
 
 from hpcscale.schedulers.base import (
     IN_FLIGHT,
@@ -27,6 +26,7 @@ from hpcscale.schedulers.base import (
 )
 from hpcscale.schedulers.local import LocalScheduler
 from hpcscale.schedulers.slurm import SlurmScheduler
+from tests.slurm_fixtures import REPO, require_slurm, script, unique, wait_for
 
 S = ElementState
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_fixtures import fake_command, require_slurm, script, unique, wait_for
 
 from hpcscale.errors import PermanentSubmitError, SchedulerError, TransientSchedulerError
 from hpcscale.schedulers.base import ElementState, split_count
@@ -29,6 +28,7 @@ from hpcscale.schedulers.slurm import (
     parse_squeue,
     sbatch_argv,
 )
+from tests.slurm_fixtures import fake_command, require_slurm, script, unique, wait_for
 
 S = ElementState
 

@@ -23,7 +23,7 @@ from tests.conftest import FakeClock
 
 
 def spec(*argv: str, **kw: object) -> TaskSpec:
-    return TaskSpec(command=list(argv) or ["true"], **kw)  # type: ignore[arg-type]
+    return TaskSpec(command=list(argv) or ["true"], **kw)
 
 
 def worker(store: Store, pool: str = "cpu", slots: int = 1) -> str:
@@ -46,11 +46,11 @@ def test_submit_is_idempotent_per_key(store: Store) -> None:
 
 
 def test_claim_orders_by_priority_then_age(store: Store, clock: FakeClock) -> None:
-    low, = store.submit([spec("low", priority=0)])[0]
+    (low,) = store.submit([spec("low", priority=0)])[0]
     clock.advance(1)
-    high, = store.submit([spec("high", priority=5)])[0]
+    (high,) = store.submit([spec("high", priority=5)])[0]
     clock.advance(1)
-    low2, = store.submit([spec("low2", priority=0)])[0]
+    (low2,) = store.submit([spec("low2", priority=0)])[0]
     w = worker(store)
     assert [t.id for t in store.claim(w, ["default"], 1, 1)] == [high]
     assert [t.id for t in store.claim(w, ["default"], 1, 1)] == [low]
@@ -253,8 +253,14 @@ def test_events_record_every_transition(store: Store, clock: FakeClock) -> None:
     lease = store.claim(w, ["default"], 1, 1)[0]
     store.results(w, [ok(tid, lease.fence)])
     kinds = [e.kind for e in store.events(task_id=tid)]
-    assert kinds == ["task.submitted", "task.claimed", "task.failed", "task.requeued",
-                     "task.claimed", "task.succeeded"]
+    assert kinds == [
+        "task.submitted",
+        "task.claimed",
+        "task.failed",
+        "task.requeued",
+        "task.claimed",
+        "task.succeeded",
+    ]
     assert [e.kind for e in store.events(kind_prefix="worker.")] == ["worker.registered"]
 
 

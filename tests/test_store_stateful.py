@@ -148,7 +148,7 @@ class StoreMachine(RuleBasedStateMachine):
 
 def run(store: Store, clock: FakeClock, examples: int) -> None:
     run_state_machine_as_test(
-        lambda: StoreMachine(store, clock),
+        lambda: StoreMachine(store, clock),  # type: ignore[arg-type]  # a factory works too
         settings=settings(
             max_examples=examples,
             stateful_step_count=50,

@@ -13,6 +13,7 @@ max_attempts are used (invariant 2). Release hands a task back without using up 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -136,12 +137,10 @@ class Store:
             schema.metadata.create_all(conn, checkfirst=True)
             row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
             if row is None:
-                try:
+                with contextlib.suppress(IntegrityError):  # another process was first
                     conn.execute(
                         insert(meta).values(key="schema_version", value=str(schema.SCHEMA_VERSION))
                     )
-                except IntegrityError:  # another process created it first
-                    pass
             elif int(row.value) != schema.SCHEMA_VERSION:
                 raise SchemaMismatch(
                     f"database schema version {row.value} but this hpcscale uses "
@@ -166,9 +165,9 @@ class Store:
 
     # ----------------------------------------------------------------- tasks
 
-    def submit(self, specs: Sequence[TaskSpec], idempotency_key: str | None = None) -> tuple[
-        list[int], bool
-    ]:
+    def submit(
+        self, specs: Sequence[TaskSpec], idempotency_key: str | None = None
+    ) -> tuple[list[int], bool]:
         """Insert tasks; the same idempotency key again returns the first call's ids."""
         now = self.clock()
         rows = [
@@ -216,7 +215,7 @@ class Store:
         query = (
             select(
                 tasks.c.queue,
-                func.count().label("count"),
+                func.count().label("n"),
                 func.sum(tasks.c.slots).label("slots"),
                 func.min(tasks.c.submitted_at).label("oldest"),
             )
@@ -231,7 +230,7 @@ class Store:
         return [
             Backlog(
                 queue=r.queue,
-                count=int(r.count),
+                count=int(r.n),
                 slots=int(r.slots or 0),
                 oldest_age=max(0.0, now - float(r.oldest)),
             )
@@ -299,8 +298,13 @@ class Store:
             self._events(
                 conn,
                 [
-                    {"ts": now, "kind": "task.claimed", "task_id": r.id, "worker_id": worker_id,
-                     "detail": f"fence {r.fence + 1}"}
+                    {
+                        "ts": now,
+                        "kind": "task.claimed",
+                        "task_id": r.id,
+                        "worker_id": worker_id,
+                        "detail": f"fence {r.fence + 1}",
+                    }
                     for r in chosen
                 ],
             )
@@ -333,7 +337,10 @@ class Store:
                 r.id: r
                 for r in conn.execute(
                     select(
-                        tasks.c.id, tasks.c.state, tasks.c.fence, tasks.c.attempts,
+                        tasks.c.id,
+                        tasks.c.state,
+                        tasks.c.fence,
+                        tasks.c.attempts,
                         tasks.c.max_attempts,
                     ).where(tasks.c.id.in_(ids))
                 )
@@ -372,11 +379,25 @@ class Store:
                 )
                 detail = f"exit {res.exit_code}" + (f": {res.reason}" if res.reason else "")
                 if not res.success:
-                    event_rows.append({"ts": now, "kind": "task.failed", "task_id": res.task_id,
-                                       "worker_id": worker_id, "detail": detail})
+                    event_rows.append(
+                        {
+                            "ts": now,
+                            "kind": "task.failed",
+                            "task_id": res.task_id,
+                            "worker_id": worker_id,
+                            "detail": detail,
+                        }
+                    )
                 if kind != "task.failed":
-                    event_rows.append({"ts": now, "kind": kind, "task_id": res.task_id,
-                                       "worker_id": worker_id, "detail": None})
+                    event_rows.append(
+                        {
+                            "ts": now,
+                            "kind": kind,
+                            "task_id": res.task_id,
+                            "worker_id": worker_id,
+                            "detail": None,
+                        }
+                    )
                 outcomes.append(ResultOutcome(task_id=res.task_id, outcome=outcome))
             if updates:
                 conn.execute(
@@ -418,8 +439,12 @@ class Store:
                 return []
             cond = and_(
                 cond,
-                or_(*[and_(tasks.c.id == lease.task_id, tasks.c.fence == lease.fence)
-                      for lease in leases]),
+                or_(
+                    *[
+                        and_(tasks.c.id == lease.task_id, tasks.c.fence == lease.fence)
+                        for lease in leases
+                    ]
+                ),
             )
         released = [
             int(r.id)
@@ -437,8 +462,16 @@ class Store:
         ]
         self._events(
             conn,
-            [{"ts": now, "kind": "task.released", "task_id": i, "worker_id": worker_id,
-              "detail": reason} for i in released],
+            [
+                {
+                    "ts": now,
+                    "kind": "task.released",
+                    "task_id": i,
+                    "worker_id": worker_id,
+                    "detail": reason,
+                }
+                for i in released
+            ],
         )
         return sorted(released)
 
@@ -465,8 +498,10 @@ class Store:
             ]
             self._events(
                 conn,
-                [{"ts": now, "kind": "task.cancelled", "task_id": i, "detail": None}
-                 for i in cancelled],
+                [
+                    {"ts": now, "kind": "task.cancelled", "task_id": i, "detail": None}
+                    for i in cancelled
+                ],
             )
         return sorted(cancelled)
 
@@ -475,8 +510,9 @@ class Store:
         now = self.clock()
         with self._write() as conn:
             expired = conn.execute(
-                select(tasks.c.id, tasks.c.attempts, tasks.c.max_attempts, tasks.c.lease_owner)
-                .where(tasks.c.state == TaskState.RUNNING.value, tasks.c.lease_expiry < now)
+                select(
+                    tasks.c.id, tasks.c.attempts, tasks.c.max_attempts, tasks.c.lease_owner
+                ).where(tasks.c.state == TaskState.RUNNING.value, tasks.c.lease_expiry < now)
             ).all()
             if expired:
                 to_dead = [r for r in expired if r.attempts >= r.max_attempts]
@@ -504,10 +540,26 @@ class Store:
                     )
                 self._events(
                     conn,
-                    [{"ts": now, "kind": "task.requeued", "task_id": r.id,
-                      "worker_id": r.lease_owner, "detail": "lease expired"} for r in to_wait]
-                    + [{"ts": now, "kind": "task.dead", "task_id": r.id,
-                        "worker_id": r.lease_owner, "detail": "lease expired"} for r in to_dead],
+                    [
+                        {
+                            "ts": now,
+                            "kind": "task.requeued",
+                            "task_id": r.id,
+                            "worker_id": r.lease_owner,
+                            "detail": "lease expired",
+                        }
+                        for r in to_wait
+                    ]
+                    + [
+                        {
+                            "ts": now,
+                            "kind": "task.dead",
+                            "task_id": r.id,
+                            "worker_id": r.lease_owner,
+                            "detail": "lease expired",
+                        }
+                        for r in to_dead
+                    ],
                 )
             lost = [
                 r.id
@@ -523,8 +575,15 @@ class Store:
             ]
             self._events(
                 conn,
-                [{"ts": now, "kind": "worker.lost", "worker_id": w, "detail": "missed heartbeats"}
-                 for w in lost],
+                [
+                    {
+                        "ts": now,
+                        "kind": "worker.lost",
+                        "worker_id": w,
+                        "detail": "missed heartbeats",
+                    }
+                    for w in lost
+                ],
             )
         return len(expired)
 
@@ -605,14 +664,21 @@ class Store:
                 )
             )
             detail = f"pool {reg.pool} host {reg.host}" + (
-                f" job {reg.job_id}" + (f"_{reg.array_index}" if reg.array_index is not None else "")
+                f" job {reg.job_id}"
+                + (f"_{reg.array_index}" if reg.array_index is not None else "")
                 if reg.job_id
                 else ""
             )
             self._events(
                 conn,
-                [{"ts": now, "kind": "worker.registered", "worker_id": worker_id,
-                  "detail": detail}],
+                [
+                    {
+                        "ts": now,
+                        "kind": "worker.registered",
+                        "worker_id": worker_id,
+                        "detail": detail,
+                    }
+                ],
             )
         return self.get_worker(worker_id)
 
@@ -632,20 +698,28 @@ class Store:
         with self._read() as conn:
             return [_worker(r) for r in conn.execute(query)]
 
-    def _require_live_worker(self, conn: Connection, worker_id: str) -> Any:
-        row = conn.execute(
-            select(workers.c.state, workers.c.pool).where(workers.c.id == worker_id)
-        ).first()
+    def _require_live_worker(self, conn: Connection, worker_id: str) -> None:
+        """A claim proves the worker alive: it counts as a heartbeat and revives a `lost` one."""
+        row = conn.execute(select(workers.c.state).where(workers.c.id == worker_id)).first()
         if row is None:
             raise NotFound(f"no worker {worker_id}; register first")
-        if row.state not in LIVE_WORKER_STATES:
-            raise InvalidTransition(f"worker {worker_id} is {row.state}; register again")
-        return row
+        if row.state == WorkerState.ENDED.value:
+            raise InvalidTransition(f"worker {worker_id} has ended; register again")
+        conn.execute(
+            update(workers)
+            .where(workers.c.id == worker_id)
+            .values(
+                last_heartbeat=self.clock(),
+                state=WorkerState.ACTIVE.value
+                if row.state == WorkerState.LOST.value
+                else row.state,
+            )
+        )
 
     def heartbeat(
         self, worker_id: str, running: Sequence[int] = (), busy_slots: int = 0
     ) -> HeartbeatReply:
-        """Renew every lease the worker holds; tell it which of its tasks it lost, and its orders."""
+        """Renew every lease the worker holds; say which of its tasks it lost, and its orders."""
         now = self.clock()
         with self._write() as conn:
             row = conn.execute(
@@ -657,11 +731,21 @@ class Store:
                 # It was only silent (a stalled network, a paused process): take it back. Its
                 # leases were already requeued; `lost` below tells it to stop those runs.
                 conn.execute(
-                    update(workers).where(workers.c.id == worker_id)
+                    update(workers)
+                    .where(workers.c.id == worker_id)
                     .values(state=WorkerState.ACTIVE.value, end_reason=None)
                 )
-                self._events(conn, [{"ts": now, "kind": "worker.returned",
-                                     "worker_id": worker_id, "detail": None}])
+                self._events(
+                    conn,
+                    [
+                        {
+                            "ts": now,
+                            "kind": "worker.returned",
+                            "worker_id": worker_id,
+                            "detail": None,
+                        }
+                    ],
+                )
             renewed = [
                 int(r.id)
                 for r in conn.execute(
@@ -750,9 +834,7 @@ class Store:
             if changed.rowcount == 0:
                 conn.execute(insert(pools).values(name=name, **values))
             if control is not None:
-                self._events(
-                    conn, [{"ts": now, "kind": f"pool.{control.value}", "detail": name}]
-                )
+                self._events(conn, [{"ts": now, "kind": f"pool.{control.value}", "detail": name}])
 
     # ----------------------------------------------------------------- events
 
@@ -768,22 +850,42 @@ class Store:
         with self._read() as conn:
             rows = conn.execute(query).all()
         return [
-            Event(id=r.id, ts=r.ts, kind=r.kind, task_id=r.task_id, worker_id=r.worker_id,
-                  detail=r.detail)
+            Event(
+                id=r.id,
+                ts=r.ts,
+                kind=r.kind,
+                task_id=r.task_id,
+                worker_id=r.worker_id,
+                detail=r.detail,
+            )
             for r in reversed(rows)
         ]
 
-    def add_event(self, kind: str, detail: str | None = None, *, task_id: int | None = None,
-                  worker_id: str | None = None) -> None:
+    def add_event(
+        self,
+        kind: str,
+        detail: str | None = None,
+        *,
+        task_id: int | None = None,
+        worker_id: str | None = None,
+    ) -> None:
         with self._write() as conn:
-            self._events(conn, [{"ts": self.clock(), "kind": kind, "task_id": task_id,
-                                 "worker_id": worker_id, "detail": detail}])
+            self._events(
+                conn,
+                [
+                    {
+                        "ts": self.clock(),
+                        "kind": kind,
+                        "task_id": task_id,
+                        "worker_id": worker_id,
+                        "detail": detail,
+                    }
+                ],
+            )
 
     # ----------------------------------------------------------------- tokens
 
-    def create_token(
-        self, role: Role, queues: Sequence[str] | None = None, name: str = ""
-    ) -> str:
+    def create_token(self, role: Role, queues: Sequence[str] | None = None, name: str = "") -> str:
         """A new random token; only its SHA-256 digest is stored."""
         token = secrets.token_urlsafe(32)
         self.add_token(token, role, queues, name)
@@ -879,4 +981,3 @@ def _worker(row: Any) -> Worker:
 
 def open_store(url: str, *, lease_ttl: float = 120.0, clock: Clock = time.time) -> Store:
     return Store(url, lease_ttl=lease_ttl, clock=clock)
-

@@ -1,0 +1,170 @@
+"""Worker job scripts from the templates in jobscripts/, and the exact command that submits them.
+
+Why it is built this way:
+- `string.Template.substitute` (strict): a placeholder left unfilled is an error, not a silent
+  empty string in a script that thousands of jobs will run.
+- `#SBATCH` lines are built as data from [pools.slurm]; config.py already refuses newlines and
+  shell metacharacters in those values, and `render` refuses whitespace (sbatch would split it).
+- Every value on the worker's command line is `shlex.quote`d; only the admin's `setup` lines
+  are shell by design.
+- `--export=NONE`: nothing of the manager's environment reaches the job. So the script names
+  python by absolute path: `[pools.slurm].python`, else the interpreter that renders it (the
+  manager's own, e.g. its venv's, which is how a login-node install reaches the compute nodes
+  over a shared filesystem).
+- The token never appears: the worker gets the path of a 0600 token file.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+import hpcscale
+from hpcscale.config import PoolConfig, Settings, format_slurm_time
+from hpcscale.errors import ConfigError
+from hpcscale.schedulers.base import check_tag, job_name
+from hpcscale.schedulers.local import launch_argv
+from hpcscale.schedulers.slurm import sbatch_argv
+
+TEMPLATES = {"slurm": "slurm-worker.sh", "pyslurm": "slurm-worker.sh", "local": "local-worker.sh"}
+
+
+@dataclass(frozen=True)
+class RenderedJob:
+    """The script and the argv that would submit it (the script goes to sbatch's stdin)."""
+
+    script: str
+    sbatch_argv: list[str]
+
+
+def template_dirs() -> list[Path]:
+    """Where templates live: inside the wheel first, then the source tree (editable installs)."""
+    package = Path(hpcscale.__file__).resolve().parent
+    return [package / "_data" / "jobscripts", package.parent / "jobscripts"]
+
+
+def load_template(name: str) -> Template:
+    for directory in template_dirs():
+        path = directory / name
+        if path.is_file():
+            return Template(path.read_text())
+    searched = ", ".join(str(d) for d in template_dirs())
+    raise ConfigError([f"job script template {name!r} not found (looked in {searched})"])
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def directives(pool: PoolConfig) -> list[str]:
+    """The sbatch options of a pool, as data (each becomes one `#SBATCH` line)."""
+    slurm = pool.slurm
+    key = f"pools.{pool.name}.slurm"
+    options: list[tuple[str, str | None]] = [
+        ("partition", slurm.partition),
+        ("account", slurm.account),
+        ("qos", slurm.qos),
+        ("mem", slurm.mem),
+        ("gres", slurm.gres),
+        ("constraint", slurm.constraint),
+        ("output", slurm.output),
+    ]
+    problems = [
+        f"{key}.{name}: must not contain whitespace"
+        for name, value in options
+        if value is not None and any(c.isspace() for c in value)
+    ]
+    problems += [
+        f"{key}.extra_directives: {value!r} must not contain whitespace"
+        for value in slurm.extra_directives
+        if any(c.isspace() for c in value)
+    ]
+    if problems:
+        raise ConfigError(problems)
+    lines = [f"--{name}={value}" for name, value in options[:3] if value]
+    lines += [
+        f"--time={format_slurm_time(slurm.wall_seconds)}",
+        "--nodes=1",
+        "--ntasks=1",
+        f"--cpus-per-task={slurm.cpus_per_task}",
+    ]
+    lines += [f"--{name}={value}" for name, value in options[3:] if value]
+    lines += [f"--signal=B:USR1@{math.ceil(slurm.signal_margin)}", "--export=NONE"]
+    lines += list(slurm.extra_directives)
+    return lines
+
+
+def worker_argv(
+    pool: PoolConfig, settings: Settings, tag: str, token_file: str | Path
+) -> list[str]:
+    """`<python> -m hpcscale worker ...`, unquoted (the caller quotes for the shell).
+
+    --max-time is the worker's max_time capped at the wall time (0 = none means the wall time),
+    so a worker never plans past the end of its job.
+    """
+    worker = pool.worker
+    wall = pool.slurm.wall_seconds
+    max_time = min(worker.max_time, wall) if worker.max_time > 0 else wall
+    token_path = Path(token_file).expanduser()
+    if not token_path.is_absolute():
+        token_path = Path.cwd() / token_path
+    python = pool.slurm.python or sys.executable
+    return [
+        python, "-m", "hpcscale", "worker",
+        "--pool", pool.name,
+        "--url", settings.server.url,
+        "--token-file", str(token_path),
+        "--submission", tag,
+        "--slots", str(worker.slots),
+        "--max-tasks", str(worker.max_tasks),
+        "--max-time", _seconds(max_time),
+        "--max-empty-claims", str(worker.max_empty_claims),
+        "--empty-claim-sleep", _seconds(worker.empty_claim_sleep),
+        "--heartbeat-interval", _seconds(worker.heartbeat_interval),
+        "--claim-margin", _seconds(worker.claim_margin),
+        "--queues", ",".join(pool.queues),
+    ]  # fmt: skip
+
+
+def render(
+    pool: PoolConfig, settings: Settings, tag: str, count: int, token_file: str | Path
+) -> RenderedJob:
+    """The job script for `count` workers of `pool` under submission `tag`, and its argv.
+
+    For Slurm pools the argv is exactly what SlurmScheduler.submit runs for one array (larger
+    counts than MaxArraySize are split there); for local pools it is the per-element launcher.
+    """
+    check_tag(tag)
+    if count < 1:
+        raise ConfigError([f"count: must be ≥ 1, got {count}"])
+    for path in (str(token_file), pool.slurm.python or ""):
+        if any(c in path for c in "\n\r\x00"):
+            raise ConfigError([f"pools.{pool.name}: paths must not contain a newline"])
+    command = " ".join(shlex.quote(a) for a in worker_argv(pool, settings, tag, token_file))
+    kind = pool.scheduler
+    values = {
+        "directives": "\n".join(f"#SBATCH {d}" for d in directives(pool))
+        if kind != "local"
+        else "",
+        "pool": pool.name,
+        "manager": settings.manager.name,
+        "tag": tag,
+        "version": hpcscale.__version__,
+        "margin": _seconds(math.ceil(pool.slurm.signal_margin)),
+        "setup": "\n".join(pool.slurm.setup),
+        "command": command,
+    }
+    try:
+        script = load_template(TEMPLATES[kind]).substitute(values)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError([f"job script template {TEMPLATES[kind]}: {exc}"]) from exc
+    if kind == "local":
+        argv = launch_argv(Path("<state_dir>/local/jobs/<job id>"), 0)
+    else:
+        name = job_name(settings.manager.name, pool.name)
+        argv = sbatch_argv(name, tag, count, pool.slurm.array_throttle)
+    return RenderedJob(script=script, sbatch_argv=argv)

@@ -1,0 +1,505 @@
+"""Slurm through its command-line tools (sbatch, squeue, sacct, scancel, scontrol).
+
+Every call goes through `hpcscale.proc.run` (argv list, timeout, never a shell). Choices:
+
+- Jobs are named hpcscale.<manager>.<pool> and carry the submission tag in `--comment`, so one
+  `squeue -h -r --me --states=all` per cycle covers every pool of a manager. `-r` gives one line
+  per element (never the collapsed 123_[0-9] form); `--states=all` keeps finished elements
+  visible for MinJobAge (300 s by default), which is how final states are read when accounting
+  is off.
+- sacct is used only when `scontrol show config` says accounting is on (read once, with
+  MaxArraySize), and only for elements seen in flight that left the queue between two looks.
+  Without accounting such an element is reported COMPLETED with a reason saying the real end is
+  unknown: it is certainly no longer in flight (what the hard max needs), and a manager restart
+  must not turn into a burst of "failed starts" that trips the breaker.
+- Submission is idempotent by tag: after a timeout, a transient error or an error we do not
+  recognise, the tag is looked up in the queue before anything else; sbatch is retried only
+  when the tag is absent and the error was transient. Permanent refusals (QOS/association
+  limits, invalid partition/account/qos, ...) raise PermanentSubmitError at once.
+- sbatch runs without SBATCH_* (they would override the script's #SBATCH lines, which are the
+  config's) and without SLURM_* other than SLURM_CONF (with --export=NONE Slurm still passes
+  SLURM_* into the job: a manager running inside an allocation must not leak its own).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from hpcscale import proc
+from hpcscale.errors import (
+    CommandError,
+    CommandTimeout,
+    PermanentSubmitError,
+    SchedulerError,
+    TransientSchedulerError,
+)
+from hpcscale.schedulers.base import (
+    IN_FLIGHT,
+    ElementState,
+    ElementStatus,
+    Scheduler,
+    Submission,
+    check_ids,
+    check_tag,
+    job_name,
+    manager_prefix,
+    split_count,
+)
+
+log = logging.getLogger(__name__)
+S = ElementState
+
+# Slurm's job state codes (long form, as squeue %T and sacct State print them) -> ours.
+# Anything not listed maps to UNKNOWN, which counts as in flight.
+SLURM_STATES: dict[str, ElementState] = {
+    "PENDING": S.PENDING,
+    "CONFIGURING": S.PENDING,  # nodes booting for it: not yet running the script
+    "REQUEUED": S.PENDING,
+    "REQUEUE_HOLD": S.PENDING,
+    "REQUEUE_FED": S.PENDING,
+    "RESV_DEL_HOLD": S.PENDING,
+    "RUNNING": S.RUNNING,
+    "SUSPENDED": S.RUNNING,  # still holds its allocation
+    "STOPPED": S.RUNNING,
+    "SIGNALING": S.RUNNING,
+    "RESIZING": S.RUNNING,
+    "STAGE_OUT": S.COMPLETING,
+    "COMPLETING": S.COMPLETING,
+    "COMPLETED": S.COMPLETED,
+    "FAILED": S.FAILED,
+    "SPECIAL_EXIT": S.FAILED,
+    "TIMEOUT": S.TIMEOUT,
+    "DEADLINE": S.TIMEOUT,
+    "PREEMPTED": S.PREEMPTED,
+    "CANCELLED": S.CANCELLED,
+    "REVOKED": S.CANCELLED,  # a federated sibling ran it instead
+    "NODE_FAIL": S.NODE_FAIL,
+    "OUT_OF_MEMORY": S.OUT_OF_MEMORY,
+    "BOOT_FAIL": S.BOOT_FAIL,
+}
+
+# Errors after which the job may or may not exist: look the tag up, then maybe retry.
+TRANSIENT_PATTERNS = (
+    "socket timed out",
+    "unable to contact slurm controller",
+    "resource temporarily unavailable",
+    "slurm temporarily unable to accept job",
+    "communication connection failure",
+    "connection refused",
+    "zero bytes were transmitted or received",
+    "transport endpoint is not connected",
+    "slurmctld is not responding",
+    "try again",
+)
+# Refusals that will repeat: report them, never retry.
+PERMANENT_PATTERNS = (
+    "qosmaxsubmitjob",
+    "maxsubmitjob",
+    "assocmaxsubmitjob",
+    "job violates accounting/qos policy",
+    "invalid partition",
+    "invalid account",
+    "invalid qos",
+    "invalid wckey",
+    "invalid job array specification",
+    "invalid generic resource",
+    "invalid feature specification",
+    "invalid --",
+    "requested node configuration is not available",
+    "requested time limit is invalid",
+    "more processors requested than permitted",
+    "memory specification can not be satisfied",
+    "access/permission denied",
+    "user's group not permitted to use this partition",
+    "unrecognized option",
+    "unknown option",
+    "this does not look like a batch script",
+)
+
+SQUEUE_FORMAT = "%i|%F|%K|%T|%j|%k|%r"  # reason last: the only free text
+REMAINDER = -1  # array_index of an ended array's never-started elements, when not resolvable
+_RANGE_RE = re.compile(r"^\[?([0-9,\-]+)(?:%\d+)?\]?$")
+
+
+def classify(text: str) -> str:
+    """'permanent', 'transient' or 'unknown' for an sbatch error text."""
+    low = text.lower()
+    if any(p in low for p in PERMANENT_PATTERNS):
+        return "permanent"
+    if any(p in low for p in TRANSIENT_PATTERNS):
+        return "transient"
+    return "unknown"
+
+
+def sbatch_argv(name: str, tag: str, count: int, throttle: int | None = None) -> list[str]:
+    """The exact sbatch command for one array (the script goes to its stdin)."""
+    array = f"0-{count - 1}" + (f"%{throttle}" if throttle else "")
+    return ["sbatch", "--parsable", f"--array={array}", f"--job-name={name}", f"--comment={tag}"]
+
+
+def parse_job_id(stdout: str) -> str:
+    """`sbatch --parsable` prints `jobid` or `jobid;cluster`."""
+    first = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    job_id = first.split(";", 1)[0].strip()
+    if not job_id.isdigit():
+        raise SchedulerError(f"sbatch --parsable printed no job id: {stdout.strip()!r}")
+    return job_id
+
+
+def expand_indices(text: str) -> list[int]:
+    """Array indices from '4', '[0-3,7]', '0-9%2' (defensive: -r should give one per line)."""
+    match = _RANGE_RE.match(text.strip())
+    if not match:
+        return []
+    out: list[int] = []
+    for part in match.group(1).split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit():
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def parse_squeue(text: str, prefix: str) -> list[ElementStatus]:
+    """Elements from `squeue --format=SQUEUE_FORMAT` output, only jobs named `prefix`*."""
+    out: list[ElementStatus] = []
+    for line in text.splitlines():
+        parts = line.split("|", 6)
+        if len(parts) != 7:
+            continue
+        job, master, task, state, name, comment, reason = (p.strip() for p in parts)
+        if not name.startswith(prefix):
+            continue
+        code = state.split()[0] if state else ""
+        mapped = SLURM_STATES.get(code, S.UNKNOWN)
+        if task in ("N/A", ""):
+            # The array's record of elements that never started, once it has ended (e.g.
+            # cancelled while pending): Slurm no longer says which indices it held.
+            indices = [REMAINDER]
+            master = master if master.isdigit() else job.split("_")[0]
+        else:
+            indices = expand_indices(task)
+        reason = "" if reason == "None" else reason
+        for index in indices:
+            out.append(
+                ElementStatus(
+                    job_id=master,
+                    array_index=index,
+                    element_id=master if index == REMAINDER else f"{master}_{index}",
+                    state=mapped,
+                    tag=comment if comment != "(null)" else "",
+                    name=name,
+                    reason=reason if mapped is not S.UNKNOWN else f"slurm state {state}",
+                )
+            )
+    return out
+
+
+def parse_sacct(text: str) -> dict[str, tuple[ElementState, int | None, str]]:
+    """{element id: (state, exit code, raw state)} from `sacct -P -n -X --format=JobID,State,
+    ExitCode`. States such as 'CANCELLED by 0' keep their first word."""
+    out: dict[str, tuple[ElementState, int | None, str]] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 3 or "_" not in parts[0]:
+            continue
+        raw = parts[1].split()[0] if parts[1].strip() else ""
+        code_text = parts[2].split(":")[0]
+        out[parts[0]] = (
+            SLURM_STATES.get(raw, S.UNKNOWN),
+            int(code_text) if code_text.isdigit() else None,
+            parts[1],
+        )
+    return out
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """`scontrol show config` as {key: value}."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def command_env() -> dict[str, str]:
+    """The environment for Slurm commands: ours, minus SBATCH_* and SLURM_* (but SLURM_CONF)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SBATCH_") and (not k.startswith("SLURM_") or k == "SLURM_CONF")
+    }
+
+
+class SlurmScheduler(Scheduler):
+    """One pool on a Slurm cluster, through the command-line tools."""
+
+    name = "slurm"
+
+    def __init__(
+        self,
+        manager: str,
+        pool: str,
+        *,
+        throttle: int | None = None,
+        command_timeout: float = 30.0,
+        submit_retries: int = 2,
+        retry_delay: float = 2.0,
+        settle: float = 2.0,
+        max_array_size: int | None = None,
+    ) -> None:
+        self.manager = manager
+        self.pool = pool
+        self.job_name = job_name(manager, pool)
+        self.prefix = manager_prefix(manager)
+        self.throttle = throttle
+        self.command_timeout = command_timeout
+        self.submit_retries = submit_retries
+        self.retry_delay = retry_delay
+        self.settle = settle
+        self._max_array_override = max_array_size
+        self._config: dict[str, str] | None = None
+        self._lock = threading.Lock()
+        # Elements seen in flight, so one that leaves the queue between two looks is still
+        # reported (once resolved, kept for an hour so repeated looks agree).
+        self._seen: dict[str, ElementStatus] = {}
+        self._gone: dict[str, tuple[ElementStatus, float]] = {}
+
+    # -- limits ------------------------------------------------------------------------------
+
+    def _cluster_config(self) -> dict[str, str]:
+        if self._config is None:
+            result = self._run(["scontrol", "show", "config"])
+            self._config = parse_config(result.stdout)
+        return self._config
+
+    @property
+    def max_array_size(self) -> int:
+        """Elements per array: Slurm's MaxArraySize (indices 0..MaxArraySize-1), read once."""
+        try:
+            value = self._cluster_config().get("MaxArraySize", "1001")
+            cluster = int(value) if value.isdigit() else 1001
+        except SchedulerError as exc:
+            log.warning("cannot read MaxArraySize (%s); assuming 1001", exc)
+            cluster = 1001
+        if self._max_array_override is not None:
+            return max(1, min(cluster, self._max_array_override))
+        return max(1, cluster)
+
+    @property
+    def accounting(self) -> bool:
+        """Whether sacct can answer (detected once from AccountingStorageType)."""
+        try:
+            kind = self._cluster_config().get("AccountingStorageType", "accounting_storage/none")
+        except SchedulerError:
+            return False
+        return not kind.endswith("/none")
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def _run(
+        self, argv: Sequence[str], *, input_text: str | None = None, check: bool = True
+    ) -> proc.Completed:
+        """proc.run with our timeout and environment; failures as SchedulerErrors."""
+        try:
+            return proc.run(
+                argv,
+                timeout=self.command_timeout,
+                input_text=input_text,
+                env=command_env(),
+                check=check,
+            )
+        except CommandTimeout as exc:
+            raise TransientSchedulerError(str(exc)) from exc
+        except CommandError as exc:
+            if classify(exc.stderr + exc.stdout) == "transient" or exc.returncode is None:
+                raise TransientSchedulerError(str(exc)) from exc
+            raise SchedulerError(str(exc)) from exc
+
+    def _squeue(self) -> list[ElementStatus]:
+        argv = ["squeue", "-h", "-r", "--me", "--states=all", f"--format={SQUEUE_FORMAT}"]
+        return parse_squeue(self._run(argv).stdout, self.prefix)
+
+    def _sbatch(self, script: str, count: int, tag: str) -> str:
+        """One sbatch call; errors as raised by proc.run (classified by the caller)."""
+        argv = sbatch_argv(self.job_name, tag, count, self.throttle)
+        result = proc.run(argv, timeout=self.command_timeout, input_text=script, env=command_env())
+        return parse_job_id(result.stdout)
+
+    # -- interface ---------------------------------------------------------------------------
+
+    def submit(self, script: str, count: int, tag: str) -> Submission:
+        check_tag(tag)
+        chunks = split_count(count, self.max_array_size)
+        job_ids: list[str] = []
+        submitted = 0
+        for size in chunks:
+            try:
+                job_id = self._submit_chunk(script, size, tag, known=job_ids)
+            except SchedulerError:
+                if not job_ids:
+                    raise
+                # Part went in: report what exists; the caller sees count < asked.
+                log.exception("submission %s: chunk after %s failed", tag, job_ids)
+                break
+            job_ids.append(job_id)
+            submitted += size
+            self._remember_submitted(job_id, size, tag)
+        return Submission(tag=tag, job_ids=job_ids, count=submitted)
+
+    def _submit_chunk(self, script: str, size: int, tag: str, known: Sequence[str]) -> str:
+        last: CommandError | None = None
+        for attempt in range(self.submit_retries + 1):
+            try:
+                return self._sbatch(script, size, tag)
+            except CommandTimeout as exc:
+                last, kind = exc, "transient"
+            except CommandError as exc:
+                last, kind = exc, classify(exc.stderr + exc.stdout)
+                if kind == "permanent":
+                    raise PermanentSubmitError(f"sbatch refused ({tag}): {exc}") from exc
+            # The job may exist although sbatch said otherwise: look before trying again.
+            found = self._lookup_new(tag, known)
+            if found:
+                log.warning("sbatch for %s failed (%s) but created job %s", tag, last, found)
+                return found
+            if kind != "transient":
+                raise SchedulerError(f"sbatch failed ({tag}), no job was created: {last}")
+            if attempt < self.submit_retries:
+                time.sleep(self.retry_delay * (attempt + 1))
+        raise TransientSchedulerError(
+            f"sbatch failed {self.submit_retries + 1} times ({tag}), no job found: {last}"
+        )
+
+    def _lookup_new(self, tag: str, known: Sequence[str]) -> str | None:
+        """A master id carrying `tag` that is not in `known`; looks twice, `settle` apart, since
+        a controller that was too slow to answer may register the job a moment later."""
+        for look in range(2):
+            ids = sorted(
+                {e.job_id for e in self._squeue() if e.tag == tag and e.job_id not in known},
+                key=int,
+            )
+            if ids:
+                return ids[0]
+            if look == 0 and self.settle > 0:
+                time.sleep(self.settle)
+        return None
+
+    def _remember_submitted(self, job_id: str, count: int, tag: str) -> None:
+        with self._lock:
+            for index in range(count):
+                eid = f"{job_id}_{index}"
+                self._seen.setdefault(
+                    eid,
+                    ElementStatus(job_id, index, eid, S.PENDING, tag, self.job_name, "submitted"),
+                )
+
+    def status(self, tags: Sequence[str] | None = None) -> list[ElementStatus]:
+        current = self._expand_remainders(self._squeue())
+        elements = current + self._vanished(current)
+        if tags is not None:
+            wanted = set(tags)
+            elements = [e for e in elements if e.tag in wanted]
+        return sorted(elements, key=lambda e: (int(e.job_id), e.array_index))
+
+    def _expand_remainders(self, elements: list[ElementStatus]) -> list[ElementStatus]:
+        """Give an ended array's never-started record back its indices: the ones we know of
+        (submitted or seen in flight) that have no line of their own. Unknown ones (a new
+        object that never saw them) stay one record with array_index REMAINDER."""
+        listed: dict[str, set[int]] = {}
+        for e in elements:
+            listed.setdefault(e.job_id, set()).add(e.array_index)
+        out: list[ElementStatus] = []
+        with self._lock:
+            known: dict[str, set[int]] = {}
+            for e in self._seen.values():
+                known.setdefault(e.job_id, set()).add(e.array_index)
+        for e in elements:
+            if e.array_index != REMAINDER:
+                out.append(e)
+                continue
+            missing = sorted(known.get(e.job_id, set()) - listed[e.job_id])
+            if not missing:
+                out.append(e)
+            for index in missing:
+                out.append(replace(e, array_index=index, element_id=f"{e.job_id}_{index}"))
+        return out
+
+    def _vanished(self, current: Iterable[ElementStatus]) -> list[ElementStatus]:
+        """Elements seen in flight earlier and absent now, resolved through sacct when it
+        answers; the rest are reported COMPLETED (see the module docstring)."""
+        now = time.monotonic()
+        by_id = {e.element_id: e for e in current}
+        with self._lock:
+            for eid, element in by_id.items():
+                if element.state in IN_FLIGHT:
+                    self._seen[eid] = element
+                else:
+                    self._seen.pop(eid, None)
+            missing = [s for eid, s in self._seen.items() if eid not in by_id]
+            for element in missing:
+                del self._seen[element.element_id]
+        if missing:
+            final = self._sacct([e.element_id for e in missing]) if self.accounting else {}
+            with self._lock:
+                for element in missing:
+                    state, code, raw = final.get(element.element_id, (S.COMPLETED, None, ""))
+                    reason = (
+                        f"from sacct: {raw}"
+                        if raw
+                        else "left the queue unseen; final state unknown (no accounting)"
+                    )
+                    self._gone[element.element_id] = (
+                        ElementStatus(
+                            element.job_id,
+                            element.array_index,
+                            element.element_id,
+                            state,
+                            element.tag,
+                            element.name,
+                            reason,
+                            code,
+                        ),
+                        now,
+                    )
+        with self._lock:
+            for eid in [k for k, (_, t) in self._gone.items() if now - t > 3600 or k in by_id]:
+                del self._gone[eid]
+            return [s for s, _ in self._gone.values()]
+
+    def _sacct(self, element_ids: Sequence[str]) -> dict[str, tuple[ElementState, int | None, str]]:
+        argv = [
+            "sacct",
+            "-P",
+            "-n",
+            "-X",
+            "--format=JobID,State,ExitCode",
+            f"--jobs={','.join(element_ids)}",
+        ]
+        try:
+            return parse_sacct(self._run(argv).stdout)
+        except SchedulerError as exc:
+            log.warning("sacct failed (%s); reporting vanished elements as completed", exc)
+            return {}
+
+    def cancel(self, ids: Sequence[str], pending_only: bool = False) -> None:
+        targets = check_ids(ids)
+        if not targets:
+            return
+        argv = ["scancel", *(["--state=PENDING"] if pending_only else []), *targets]
+        result = self._run(argv, check=False)
+        problems = [
+            line
+            for line in (result.stderr + result.stdout).splitlines()
+            if line.strip()
+            and "already completing or completed" not in line
+            and "invalid job id" not in line.lower()
+        ]
+        if result.returncode != 0 and problems:
+            raise SchedulerError(f"scancel {' '.join(targets)}: {' | '.join(problems[-3:])}")

@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# A throwaway Slurm cluster on this one machine, for hpcscale's tests.
+#
+#   scripts/slurm-lab.sh up      install Debian's slurm + munge if missing, start 4 virtual nodes
+#   scripts/slurm-lab.sh down    stop only the daemons this script started (pid files)
+#   scripts/slurm-lab.sh env     print `export SLURM_CONF=...` (eval it, or source $DIR/env.sh)
+#   scripts/slurm-lab.sh status  the pids and sinfo
+#
+# Everything lives under $SLURM_LAB_DIR (default /tmp/hpcscale-slurm-lab): config, munge key and
+# socket, state, spool, logs, pid files. Nothing in /etc is touched, no systemd is needed, and
+# every daemon runs as root (the machines this targets: Debian 12, root, no cgroup freezer).
+# Why each setting is there: see the comments in write_conf. `up` is idempotent; it runs with
+# CI=true and no stdin.
+set -euo pipefail
+
+DIR="${SLURM_LAB_DIR:-/tmp/hpcscale-slurm-lab}"
+CONF="$DIR/slurm.conf"
+NODES=(n1 n2 n3 n4)
+PACKAGES=(slurmctld slurmd slurm-client munge)
+
+log() { printf 'slurm-lab: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+need_root() { [ "$(id -u)" = 0 ] || die "must run as root (it installs packages and runs daemons as root)"; }
+
+missing_packages() {
+    local pkg missing=()
+    for pkg in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    echo "${missing[@]:-}"
+}
+
+install_packages() {
+    local missing
+    missing="$(missing_packages)"
+    [ -z "$missing" ] && return 0
+    log "installing: $missing"
+    # Package scripts would try to start the system's own daemons: forbid that during the install,
+    # with a policy-rc.d of ours only if there is none already (and remove only ours afterwards).
+    local own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    local apt=(apt-get install -y -q --no-install-recommends)
+    # shellcheck disable=SC2086
+    if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" $missing </dev/null >"${TMPDIR:-/tmp}/slurm-lab-apt.log" 2>&1; then
+        log "install failed; running apt-get update and trying again"
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >>"${TMPDIR:-/tmp}/slurm-lab-apt.log" 2>&1 &&
+            DEBIAN_FRONTEND=noninteractive "${apt[@]}" $missing </dev/null >>"${TMPDIR:-/tmp}/slurm-lab-apt.log" 2>&1 ||
+            { [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d; tail -20 "${TMPDIR:-/tmp}/slurm-lab-apt.log" >&2; die "apt-get install failed"; }
+    fi
+    [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    return 0
+}
+
+# Ports that something already listens on (TCP, v4 and v6), from /proc: no tool needed.
+used_ports() {
+    local hex
+    # mawk (Debian's awk) has no strtonum: print the hex port, convert in bash.
+    for hex in $(awk 'NR > 1 && $4 == "0A" { n = split($2, a, ":"); print a[n] }' \
+        /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
+        echo $((16#$hex))
+    done | sort -un
+}
+
+# N free ports, starting from a base derived from the dir so two labs do not collide.
+free_ports() {
+    local want=$1 used port found=0 base
+    used=" $(used_ports | tr '\n' ' ') "
+    base=$((20000 + $(printf '%s' "$DIR" | cksum | cut -d' ' -f1) % 20000))
+    port=$base
+    while [ "$found" -lt "$want" ]; do
+        case "$used" in *" $port "*) ;; *) echo "$port"; found=$((found + 1)) ;; esac
+        port=$((port + 1))
+    done
+}
+
+# Is the pid in FILE alive and running the program NAME (pid reuse must not fool us)?
+alive() {
+    local file=$1 name=$2 pid
+    [ -s "$file" ] || return 1
+    pid="$(cat "$file")"
+    [ -r "/proc/$pid/cmdline" ] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$name"
+}
+
+write_conf() {
+    local host ports i
+    host="$(hostname -s)"
+    mapfile -t ports < <(free_ports $((1 + ${#NODES[@]})))
+    {
+        echo "# written by hpcscale scripts/slurm-lab.sh; throwaway"
+        echo "ClusterName=hpcscalelab"
+        echo "SlurmctldHost=$host(127.0.0.1)"
+        echo "SlurmctldPort=${ports[0]}"
+        # Root everywhere: the lab is a test fixture on a root-only machine.
+        echo "SlurmUser=root"
+        echo "SlurmdUser=root"
+        # A private munged: its own key and socket, nothing shared with a system munge.
+        echo "AuthType=auth/munge"
+        echo "CredType=cred/munge"
+        echo "AuthInfo=socket=$DIR/munge/munge.socket"
+        echo "StateSaveLocation=$DIR/state"
+        echo "SlurmdSpoolDir=$DIR/spool/%n"
+        echo "SlurmctldPidFile=$DIR/run/slurmctld.pid"
+        echo "SlurmdPidFile=$DIR/run/slurmd-%n.pid"
+        echo "SlurmctldLogFile=$DIR/log/slurmctld.log"
+        echo "SlurmdLogFile=$DIR/log/slurmd-%n.log"
+        # No cgroup freezer here: proctrack/cgroup fails and still reports jobs COMPLETED.
+        echo "ProctrackType=proctrack/linuxproc"
+        echo "TaskPlugin=task/none"
+        # 4 nodes x 4 CPUs on a 2-core machine: oversubscribed on purpose, so allow it.
+        echo "SlurmdParameters=config_overrides"
+        echo "SelectType=select/cons_tres"
+        echo "SelectTypeParameters=CR_Core"
+        echo "SchedulerType=sched/backfill"
+        # Schedule at once (tests wait for pending -> running; the defaults add 1-2 s).
+        echo "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0"
+        echo "ReturnToService=2"
+        echo "MpiDefault=none"
+        echo "MailProg=/bin/true"
+        echo "KillWait=5"
+        # Finished jobs stay visible to squeue for 5 minutes (no accounting in the lab).
+        echo "MinJobAge=300"
+        echo "JobCompType=jobcomp/filetxt"
+        echo "JobCompLoc=$DIR/log/jobcomp.txt"
+        echo "AccountingStorageType=accounting_storage/none"
+        echo "JobAcctGatherType=jobacct_gather/none"
+        for i in "${!NODES[@]}"; do
+            echo "NodeName=${NODES[$i]} NodeHostname=$host NodeAddr=127.0.0.1 Port=${ports[$((i + 1))]} CPUs=4 State=UNKNOWN"
+        done
+        echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
+    } >"$CONF.new"
+    mv "$CONF.new" "$CONF"
+}
+
+start_munge() {
+    alive "$DIR/munge/munged.pid" munged && return 0
+    install -d -m 755 "$DIR/munge"
+    if [ ! -s "$DIR/munge/munge.key" ]; then
+        (umask 077 && head -c 1024 /dev/urandom >"$DIR/munge/munge.key")
+    fi
+    chmod 400 "$DIR/munge/munge.key"
+    rm -f "$DIR/munge/munge.socket" "$DIR/munge/munge.socket.lock"
+    # --force: munged refuses a socket left behind or a world-writable ancestor (/tmp) otherwise.
+    munged --force \
+        --key-file="$DIR/munge/munge.key" \
+        --socket="$DIR/munge/munge.socket" \
+        --pid-file="$DIR/munge/munged.pid" \
+        --log-file="$DIR/munge/munged.log" \
+        --seed-file="$DIR/munge/munged.seed" </dev/null
+}
+
+wait_for() {  # wait_for SECONDS CMD...: poll CMD every 0.1 s
+    local deadline=$((SECONDS + $1)); shift
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
+
+nodes_idle() {
+    [ "$(SLURM_CONF="$CONF" sinfo -h -N -o '%N %T' 2>/dev/null | grep -c ' idle')" -ge "${#NODES[@]}" ]
+}
+
+running() {
+    alive "$DIR/munge/munged.pid" munged || return 1
+    alive "$DIR/run/slurmctld.pid" slurmctld || return 1
+    local n
+    for n in "${NODES[@]}"; do alive "$DIR/run/slurmd-$n.pid" slurmd || return 1; done
+    SLURM_CONF="$CONF" scontrol ping >/dev/null 2>&1
+}
+
+write_env() {
+    printf 'export SLURM_CONF=%q\n' "$CONF" >"$DIR/env.sh"
+}
+
+up() {
+    need_root
+    install_packages
+    if running; then
+        write_env
+        log "already up: $CONF"
+        cat "$DIR/env.sh"
+        return 0
+    fi
+    stop_all  # whatever half of a lab is left: stop it before starting afresh
+    install -d -m 755 "$DIR" "$DIR/state" "$DIR/spool" "$DIR/run" "$DIR/log"
+    for n in "${NODES[@]}"; do install -d -m 755 "$DIR/spool/$n"; done
+    write_conf
+    write_env
+    start_munge
+    wait_for 10 test -S "$DIR/munge/munge.socket" || die "munged did not start: $(tail -5 "$DIR/munge/munged.log" 2>/dev/null)"
+    export SLURM_CONF="$CONF"
+    # -c: a throwaway cluster starts from a clean state every time.
+    slurmctld -c </dev/null || die "slurmctld did not start: $(tail -5 "$DIR/log/slurmctld.log")"
+    for n in "${NODES[@]}"; do
+        slurmd -N "$n" </dev/null || die "slurmd $n did not start: $(tail -5 "$DIR/log/slurmd-$n.log")"
+    done
+    wait_for 30 nodes_idle || {
+        sinfo -N >&2 || true
+        die "nodes not idle after 30 s; logs in $DIR/log"
+    }
+    log "up: 4 nodes idle; $CONF"
+    cat "$DIR/env.sh"
+}
+
+stop_pid() {  # stop_pid FILE NAME: SIGTERM, wait, SIGKILL; only if it is still NAME
+    local file=$1 name=$2 pid i
+    alive "$file" "$name" || { rm -f "$file"; return 0; }
+    pid="$(cat "$file")"
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do
+        alive "$file" "$name" || break
+        sleep 0.1
+    done
+    if alive "$file" "$name"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    rm -f "$file"
+}
+
+stop_all() {
+    local n pids=()
+    if [ -f "$CONF" ] && alive "$DIR/run/slurmctld.pid" slurmctld; then
+        # Cancel what runs on the lab so no job step outlives its slurmd.
+        SLURM_CONF="$CONF" scancel --quiet --full --user=root 2>/dev/null || true
+    fi
+    # Stop the daemons in parallel: each takes ~2 s after SIGTERM.
+    for n in "${NODES[@]}"; do stop_pid "$DIR/run/slurmd-$n.pid" slurmd & pids+=($!); done
+    stop_pid "$DIR/run/slurmctld.pid" slurmctld & pids+=($!)
+    wait "${pids[@]}" 2>/dev/null || true
+    stop_pid "$DIR/munge/munged.pid" munged
+}
+
+down() {
+    need_root
+    stop_all
+    rm -f "$DIR/env.sh"
+    log "down"
+}
+
+status() {
+    local n
+    for f in "$DIR/munge/munged.pid:munged" "$DIR/run/slurmctld.pid:slurmctld"; do
+        if alive "${f%%:*}" "${f##*:}"; then echo "${f##*:} $(cat "${f%%:*}")"; else echo "${f##*:} down"; fi
+    done
+    for n in "${NODES[@]}"; do
+        if alive "$DIR/run/slurmd-$n.pid" slurmd; then echo "slurmd-$n $(cat "$DIR/run/slurmd-$n.pid")"; else echo "slurmd-$n down"; fi
+    done
+    if running; then SLURM_CONF="$CONF" sinfo -N; else return 1; fi
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    env) [ -f "$DIR/env.sh" ] || die "no lab at $DIR (run: $0 up)"; cat "$DIR/env.sh" ;;
+    status) status ;;
+    *) echo "usage: $0 up|down|env|status   (dir: \$SLURM_LAB_DIR, default /tmp/hpcscale-slurm-lab)" >&2; exit 2 ;;
+esac
