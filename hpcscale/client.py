@@ -33,6 +33,8 @@ from hpcscale.models import (
     HeartbeatReply,
     HeartbeatRequest,
     Lease,
+    PoolInfo,
+    PoolUpdate,
     QueueStats,
     ReleaseReply,
     ReleaseRequest,
@@ -262,6 +264,12 @@ class Client:
             retry_for=retry_for,
         )
         return ReleaseReply.model_validate(raw).released
+
+    def pools(self) -> list[PoolInfo]:
+        return _list(PoolInfo, self._request("GET", "/v1/pools"))
+
+    def update_pool(self, pool: str, update: PoolUpdate) -> PoolInfo:
+        return self._post(f"/v1/pools/{pool}", update, PoolInfo)
 
     def events(
         self, *, kind_prefix: str | None = None, limit: int = 50, task: int | None = None

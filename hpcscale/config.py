@@ -299,6 +299,11 @@ class Settings(BaseSettings):
         raise ConfigError([f"pools: no pool named {name!r} (known: {known})"])
 
 
+def worker_token_file(settings: Settings, pool: str) -> Path:
+    """Where a pool's worker token lives: next to the admin token, one file per pool."""
+    return Path(settings.server.token_file).expanduser().parent / f"worker-{pool}.token"
+
+
 def resolve_path(explicit: str | os.PathLike[str] | None) -> Path | None:
     """The config file to read, or None for built-in defaults."""
     if explicit:

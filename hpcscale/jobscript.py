@@ -126,6 +126,7 @@ def worker_argv(
         "--empty-claim-sleep", _seconds(worker.empty_claim_sleep),
         "--heartbeat-interval", _seconds(worker.heartbeat_interval),
         "--claim-margin", _seconds(worker.claim_margin),
+        "--task-duration-prior", _seconds(pool.task_duration_prior),
         "--queues", ",".join(pool.queues),
     ]  # fmt: skip
 

@@ -233,6 +233,24 @@ class HeartbeatReply(_Wire):
     lease_ttl: float
 
 
+class PoolUpdate(_Wire):
+    """Set what the store holds about a pool; fields left out stay as they are."""
+
+    control: Control | None = None
+    min_workers: int | None = Field(default=None, ge=0, le=1_000_000)
+    max_workers: int | None = Field(default=None, ge=0, le=1_000_000)
+    manager: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+
+class PoolInfo(_Wire):
+    name: str
+    manager: str | None
+    min_workers: int
+    control: Control
+    max_workers_override: int | None
+    updated_at: float
+
+
 class DeregisterRequest(_Wire):
     reason: Text = "ended"
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO, Any
 
 from hpcscale.errors import CommandError, CommandTimeout
 
@@ -47,7 +48,7 @@ def run(
             start_new_session=True,
         )
     except OSError as exc:
-        raise CommandError(args, None, "", str(exc), why=f"could not start: {exc}") from exc
+        raise CommandError(args, None, "", "", why=f"could not start: {exc.strerror}") from exc
     with proc:
         try:
             out, err = proc.communicate(input_text, timeout=timeout)
@@ -66,3 +67,38 @@ def with_env(extra: Mapping[str, str]) -> dict[str, str]:
     merged = dict(os.environ)
     merged.update(extra)
     return merged
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    stdout: IO[Any] | int | None = subprocess.DEVNULL,
+    stderr: IO[Any] | int | None = subprocess.DEVNULL,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start argv detached in its own process group (so it can be killed as a whole).
+
+    For processes that outlive the call (task runs, local job elements); the caller waits.
+    Raises CommandError when it cannot start (no such program, bad cwd).
+    """
+    args = [str(a) for a in argv]
+    try:
+        return subprocess.Popen(  # noqa: S603 - argv list, no shell, by design
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        raise CommandError(args, None, "", "", why=f"could not start: {exc.strerror}") from exc
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a whole process group; a group already gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

@@ -45,6 +45,8 @@ from hpcscale.models import (
     Event,
     HeartbeatReply,
     HeartbeatRequest,
+    PoolInfo,
+    PoolUpdate,
     QueueName,
     QueueStats,
     ReleaseReply,
@@ -393,6 +395,18 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     def deregister(worker_id: str, body: DeregisterRequest, _who: WorkerTok) -> ReleaseReply:
         return ReleaseReply(released=store.deregister(worker_id, body.reason))
 
+    @app.get("/v1/pools", tags=["pools"])
+    def list_pools(_who: Manager) -> list[PoolInfo]:
+        return store.list_pools()
+
+    @app.post("/v1/pools/{pool}", tags=["pools"])
+    def update_pool(pool: QueueName, body: PoolUpdate, _who: Manager) -> PoolInfo:
+        store.set_pool(
+            pool, manager=body.manager, min_workers=body.min_workers, control=body.control,
+            max_workers_override=body.max_workers,
+        )  # fmt: skip
+        return next(p for p in store.list_pools() if p.name == pool)
+
     @app.get("/v1/events", tags=["events"])
     def list_events(
         _who: AnyReader,
@@ -423,6 +437,11 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
 
 
 def _reap(store: Store, interval: float, stop: threading.Event) -> None:
+    """Expire stale leases every `interval`, but only one lease TTL after this process started:
+    while the server was down no worker could heartbeat, and its leases must not be taken
+    from it before it has had a full TTL to reach us again."""
+    if stop.wait(store.lease_ttl):
+        return
     while not stop.wait(interval):
         try:
             expired = store.expire()

@@ -35,6 +35,8 @@ ALLOWED: dict[tuple[str, str], set[Role]] = {
     ("POST", "/v1/workers/{worker_id}/release"): {A, W},
     ("POST", "/v1/workers/{worker_id}/deregister"): {A, W},
     ("GET", "/v1/events"): {A, S, M},
+    ("GET", "/v1/pools"): {A, M},
+    ("POST", "/v1/pools/{pool}"): {A, M},
     ("POST", "/v1/tokens"): {A},
 }
 PUBLIC = {("GET", "/healthz")}
@@ -57,8 +59,8 @@ def api_routes(server: LiveServer) -> list[tuple[str, str]]:
 
 def call(server: LiveServer, method: str, path: str, token: str | None) -> int:
     url = server.url + path.replace("{task_id}", "1").replace("{queue}", "default").replace(
-        "{worker_id}", "nobody"
-    )
+        "{pool}", "cpu"
+    ).replace("{worker_id}", "nobody")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.request(method, url, headers=headers, json={}, timeout=10).status_code
 

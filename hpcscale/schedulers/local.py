@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import hpcscale
-from hpcscale.errors import SchedulerError
+from hpcscale import proc
+from hpcscale.errors import CommandError, SchedulerError
 from hpcscale.schedulers.base import (
     ElementState,
     ElementStatus,
@@ -154,16 +155,10 @@ class LocalScheduler(Scheduler):
         for index in range(count):
             try:
                 with (job_dir / f"{index}.supervisor.log").open("ab") as errors:
-                    child = subprocess.Popen(  # noqa: S603 - argv list, no shell
-                        launch_argv(job_dir, index),
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=errors,
-                        env=supervisor_env,
-                        start_new_session=True,
-                        close_fds=True,
+                    child = proc.spawn(
+                        launch_argv(job_dir, index), stderr=errors, env=supervisor_env
                     )
-            except OSError as exc:
+            except CommandError as exc:
                 raise SchedulerError(f"cannot start a local supervisor: {exc}") from exc
             with self._lock:
                 self._children.append(child)

@@ -23,6 +23,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from hpcscale import proc
+from hpcscale.errors import CommandError
 from hpcscale.schedulers.localstate import (
     cancel_mode,
     element_path,
@@ -117,16 +119,14 @@ class Supervisor:
         out_path = self.job_dir / f"{self.index}.out"
         with out_path.open("ab") as out:
             try:
-                child = subprocess.Popen(  # noqa: S603 - argv list, no shell
+                child = proc.spawn(
                     ["/bin/bash", str(self.job_dir / "script.sh")],
-                    stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     env=env,
                     cwd=self.job.get("cwd") or None,
-                    start_new_session=True,
                 )
-            except OSError as exc:
+            except CommandError as exc:
                 self._save(state="failed", ended_at=time.time(), reason=f"cannot start: {exc}")
                 return 1
         started = time.time()

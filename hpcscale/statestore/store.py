@@ -48,6 +48,7 @@ from hpcscale.models import (
     Event,
     HeartbeatReply,
     Lease,
+    PoolInfo,
     QueueStats,
     ResultOutcome,
     Role,
@@ -835,6 +836,21 @@ class Store:
                 conn.execute(insert(pools).values(name=name, **values))
             if control is not None:
                 self._events(conn, [{"ts": now, "kind": f"pool.{control.value}", "detail": name}])
+
+    def list_pools(self) -> list[PoolInfo]:
+        with self._read() as conn:
+            rows = conn.execute(select(pools).order_by(pools.c.name)).all()
+        return [
+            PoolInfo(
+                name=r.name,
+                manager=r.manager,
+                min_workers=r.min_workers,
+                control=Control(r.control),
+                max_workers_override=r.max_workers_override,
+                updated_at=r.updated_at,
+            )
+            for r in rows
+        ]
 
     # ----------------------------------------------------------------- events
 

@@ -1,0 +1,147 @@
+"""A real `hpcscale server` process for end-to-end tests, with its config and tokens."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from hpcscale import config
+from hpcscale.client import Client
+from hpcscale.models import Role
+from hpcscale.server import write_secret
+from tests.conftest import free_port
+
+POOL_TOML = """
+[[pools]]
+name = "{name}"
+queues = ["{queue}"]
+scheduler = "{scheduler}"
+min_workers = {min_workers}
+max_workers = {max_workers}
+task_duration_prior = "{prior}"
+
+[pools.slurm]
+partition = "debug"
+time = "{time}"
+signal_margin = "{signal_margin}"
+output = "{output}"
+
+[pools.worker]
+slots = {slots}
+max_tasks = {max_tasks}
+max_empty_claims = {max_empty_claims}
+empty_claim_sleep = "{empty_claim_sleep}"
+heartbeat_interval = "{heartbeat_interval}"
+claim_margin = "{claim_margin}"
+output_dir = "{task_output}"
+"""
+
+POOL_DEFAULTS: dict[str, object] = {
+    "queue": "default",
+    "scheduler": "slurm",
+    "min_workers": 0,
+    "max_workers": 4,
+    "prior": "5s",
+    "time": "00:05:00",
+    "signal_margin": "10s",
+    "slots": 1,
+    "max_tasks": 0,
+    "max_empty_claims": 2,
+    "empty_claim_sleep": "1s",
+    "heartbeat_interval": "2s",
+    "claim_margin": "2s",
+}
+
+
+@dataclass
+class ServerProcess:
+    """`hpcscale server` as its own process, stoppable and restartable on the same port."""
+
+    root: Path
+    database: str
+    manager: str = "test"
+    lease_ttl: str = "10s"
+    pools: list[dict[str, object]] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.toml"
+
+    def write_config(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        text = f"""
+[server]
+url = "{self.url}"
+bind = "127.0.0.1:{self.port}"
+database = "{self.database}"
+token_file = "{self.root}/token"
+lease_ttl = "{self.lease_ttl}"
+reaper_interval = "1s"
+
+[manager]
+name = "{self.manager}"
+poll_interval = "2s"
+"""
+        for pool in self.pools:
+            values = {**POOL_DEFAULTS, **pool}
+            values.setdefault("output", f"{self.root}/slurm-%A_%a.out")
+            values.setdefault("task_output", f"{self.root}/task-output")
+            text += POOL_TOML.format(**values)
+        self.config_path.write_text(text)
+
+    @property
+    def settings(self) -> config.Settings:
+        return config.load(self.config_path)
+
+    def start(self, timeout: float = 30.0) -> None:
+        if not self.config_path.exists():
+            self.write_config()
+        log = (self.root / "server.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hpcscale", "server", "--allow-root",
+             "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {(self.root / 'server.log').read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not answer /healthz in time")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def admin(self) -> Client:
+        token = (self.root / "token").read_text().strip()
+        return Client(self.url, token, retry_for=5.0)
+
+    def worker_token_file(self, pool: str, queues: list[str] | None = None) -> Path:
+        """A worker token for `pool`, in the 0600 file the job script names."""
+        path = config.worker_token_file(self.settings, pool)
+        if not path.exists():
+            with self.admin() as admin:
+                token = admin.create_token(Role.WORKER, queues, f"workers of {pool}").token
+            write_secret(path, token)
+        return path
