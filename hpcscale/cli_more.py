@@ -41,6 +41,48 @@ def add_commands(
     p.add_argument("--count", type=int, default=1)
     p.set_defaults(func=cmd_render_script)
 
+    p = sub.add_parser(
+        "serve", parents=[common], help="statestore API + the manager loops of the config's pools"
+    )
+    p.add_argument("--allow-root", action="store_true", help="run even as root (not advised)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "manager", parents=[common], help="the manager loops alone, against a remote server"
+    )
+    p.add_argument("--once", action="store_true", help="one cycle, then exit")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="decide and print the sbatch argv; submit and record nothing",
+    )
+    p.set_defaults(func=cmd_manager)
+
+    p = sub.add_parser("why", parents=[common, listing], help="a pool's last decisions and why")
+    p.add_argument("pool")
+    p.add_argument("--limit", type=int, default=5)
+    p.set_defaults(func=cmd_why)
+
+    for name, text in (
+        ("pause", "submit nothing for POOL (workers keep running)"),
+        ("resume", "undo pause or drain"),
+        ("drain", "submit nothing, cancel pending, workers finish and exit"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("pool")
+        if name == "drain":
+            p.add_argument(
+                "--cancel-running",
+                action="store_true",
+                help="also scancel running workers (their tasks are released)",
+            )
+        p.set_defaults(func=cmd_control, control=name)
+
+    p = sub.add_parser("set-max", parents=[common], help="lower (or restore) a pool's max_workers")
+    p.add_argument("pool")
+    p.add_argument("max", type=int, help="the new cap (the config's max_workers still bounds it)")
+    p.set_defaults(func=cmd_set_max)
+
 
 def _duration(args: argparse.Namespace, name: str, default: float) -> float:
     value = getattr(args, name)
@@ -101,4 +143,73 @@ def cmd_render_script(args: argparse.Namespace) -> int:
     print(job.script)
     print(f"# submit with (the script on stdin), {args.count} element(s):")
     print(shlex.join(job.sbatch_argv))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hpcscale.cli import refuse_root
+    from hpcscale.service import run_server
+
+    settings = config.load(args.config)
+    refuse_root(args.allow_root)
+    run_server(settings, with_manager=True)
+    return 0
+
+
+def cmd_manager(args: argparse.Namespace) -> int:
+    from hpcscale.manager import run_manager
+    from hpcscale.server import read_token
+
+    settings = config.load(args.config)
+    token = os.environ.get("HPCSCALE_TOKEN") or read_token(settings.server.token_file)
+    return run_manager(settings, token, once=args.once, dry_run=args.dry_run)
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    from hpcscale import display
+    from hpcscale.cli import emit, make_client
+
+    with make_client(args) as client:
+        records = client.decisions(args.pool, args.limit)
+    emit(
+        args,
+        records,
+        lambda: (
+            display.decisions_text(records)
+            if records
+            else f"no decisions recorded for pool {args.pool!r} yet"
+        ),
+    )
+    return 0
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from hpcscale.cli import make_client
+    from hpcscale.models import Control, PoolUpdate
+
+    control = {"pause": Control.PAUSE, "resume": Control.CONTINUE, "drain": Control.DRAIN}[
+        args.control
+    ]
+    if args.control == "drain" and args.cancel_running:
+        control = Control.EXIT
+    settings = config.load(args.config)
+    settings.pool(args.pool)  # a clear error for a pool the config does not know
+    with make_client(args, settings) as client:
+        info = client.update_pool(args.pool, PoolUpdate(control=control))
+    print(f"pool {info.name}: {info.control.value} (takes effect within one manager cycle)")
+    return 0
+
+
+def cmd_set_max(args: argparse.Namespace) -> int:
+    from hpcscale.cli import make_client
+    from hpcscale.models import PoolUpdate
+
+    if args.max < 0:
+        raise ConfigError([f"set-max: the cap must be ≥ 0, got {args.max}"])
+    settings = config.load(args.config)
+    pool = settings.pool(args.pool)
+    with make_client(args, settings) as client:
+        info = client.update_pool(args.pool, PoolUpdate(max_workers=args.max))
+    effective = min(pool.max_workers, args.max)
+    print(f"pool {info.name}: max workers {effective} (config max_workers {pool.max_workers})")
     return 0

@@ -28,11 +28,16 @@ from hpcscale.models import (
     CancelRequest,
     ClaimedTask,
     ClaimRequest,
+    DecisionRecord,
     DeregisterRequest,
     Event,
+    EventRequest,
     HeartbeatReply,
     HeartbeatRequest,
     Lease,
+    ManagerInfo,
+    ManagerRegistration,
+    PoolHistory,
     PoolInfo,
     PoolUpdate,
     QueueStats,
@@ -42,6 +47,9 @@ from hpcscale.models import (
     ResultsReply,
     ResultsRequest,
     Role,
+    Submission,
+    SubmissionIntent,
+    SubmissionUpdate,
     SubmitReply,
     SubmitRequest,
     Task,
@@ -49,7 +57,9 @@ from hpcscale.models import (
     TaskSpec,
     TokenReply,
     TokenRequest,
+    WaitReply,
     Worker,
+    WorkerGone,
     WorkerRegistration,
 )
 
@@ -194,8 +204,11 @@ class Client:
     def register(self, registration: WorkerRegistration) -> Worker:
         return self._post("/v1/workers", registration, Worker)
 
-    def list_workers(self, pool: str | None = None, live: bool = False) -> list[Worker]:
-        raw = self._request("GET", "/v1/workers", params=_clean({"pool": pool, "live": live}))
+    def list_workers(
+        self, pool: str | None = None, live: bool = False, since: float | None = None
+    ) -> list[Worker]:
+        params = _clean({"pool": pool, "live": live, "since": since})
+        raw = self._request("GET", "/v1/workers", params=params)
         return _list(Worker, raw)
 
     def claim(
@@ -280,6 +293,49 @@ class Client:
             params=_clean({"kind_prefix": kind_prefix, "limit": limit, "task": task}),
         )
         return _list(Event, raw)
+
+    # ------------------------------------------------------------------ the manager's records
+
+    def wait_for_work(self, since: int, timeout: float) -> WaitReply:
+        raw = self._request(
+            "GET", "/v1/wait", params={"since": since, "timeout": timeout}, retry_for=0
+        )
+        return WaitReply.model_validate(raw)
+
+    def register_manager(self, name: str, registration: ManagerRegistration) -> ManagerInfo:
+        return self._post(f"/v1/managers/{name}/register", registration, ManagerInfo)
+
+    def managers(self) -> list[ManagerInfo]:
+        return _list(ManagerInfo, self._request("GET", "/v1/managers"))
+
+    def record_intent(self, intent: SubmissionIntent) -> Submission:
+        return self._post("/v1/submissions", intent, Submission)
+
+    def update_submission(self, tag: str, change: SubmissionUpdate) -> Submission:
+        return self._post(f"/v1/submissions/{tag}", change, Submission)
+
+    def submissions(
+        self, *, manager: str | None = None, pool: str | None = None, open_only: bool = False
+    ) -> list[Submission]:
+        params = _clean({"manager": manager, "pool": pool, "open": open_only or None})
+        return _list(Submission, self._request("GET", "/v1/submissions", params=params))
+
+    def worker_gone(self, worker_id: str, reason: str) -> list[int]:
+        raw = self._request("POST", f"/v1/workers/{worker_id}/gone", body=WorkerGone(reason=reason))
+        return ReleaseReply.model_validate(raw).released
+
+    def pool_history(self, pool: str, since: float) -> PoolHistory:
+        return self._get(f"/v1/pools/{pool}/history", PoolHistory, since=since)
+
+    def record_decision(self, record: DecisionRecord) -> None:
+        self._request("POST", "/v1/decisions", body=record)
+
+    def decisions(self, pool: str, limit: int = 10) -> list[DecisionRecord]:
+        raw = self._request("GET", "/v1/decisions", params={"pool": pool, "limit": limit})
+        return _list(DecisionRecord, raw)
+
+    def add_event(self, kind: str, detail: str | None = None) -> None:
+        self._request("POST", "/v1/events", body=EventRequest(kind=kind, detail=detail))
 
     def create_token(
         self, role: Role, queues: Sequence[str] | None = None, name: str = ""

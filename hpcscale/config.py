@@ -154,6 +154,11 @@ def host_port(bind: str) -> tuple[str, int]:
 class ManagerConfig(_Strict):
     name: Name = "local"
     poll_interval: Duration = 30.0
+    state_dir: str = "~/.local/share/hpcscale/manager"
+    start_grace: Duration = 300.0  # running this long without a registered worker: failed start
+    breaker_failures: int = Field(default=3, ge=1)  # failed starts that open a pool's breaker
+    breaker_window: Duration = 900.0
+    breaker_cooldown: Duration = 300.0
 
     @field_validator("name")
     @classmethod
@@ -233,6 +238,7 @@ class PoolConfig(_Strict):
     max_submit_per_cycle: int = Field(default=20, ge=0)
     target_drain_time: Duration = 1800.0
     task_duration_prior: Duration = 300.0
+    cancel_unneeded_pending: bool = False
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
 

@@ -6,7 +6,7 @@ import shlex
 import time
 from collections.abc import Sequence
 
-from hpcscale.models import Backlog, Event, Task, Worker
+from hpcscale.models import Backlog, DecisionRecord, Event, Task, Worker
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -119,3 +119,18 @@ def workers_table(workers: Sequence[Worker]) -> str:
             for w in workers
         ],
     )
+
+
+def decisions_text(records: Sequence[DecisionRecord]) -> str:
+    blocks = []
+    for record in records:
+        data = record.data
+        head = (
+            f"{when(record.ts)}  pool {record.pool}: {data.get('state', '?')}, desired "
+            f"{data.get('desired', '-')}, in flight {data.get('in_flight', '-')}, submit "
+            f"{data.get('submit', 0)}, cancel {data.get('cancel_pending', 0)}"
+        )
+        reasons = data.get("reasons") or []
+        lines = [f"    - {r}" for r in reasons] if isinstance(reasons, list) else []
+        blocks.append("\n".join([head, *lines]))
+    return "\n".join(blocks)

@@ -215,7 +215,11 @@ class Worker(_Wire):
 
 
 class Control(StrEnum):
+    """A pool's orders. Workers act on drain and exit; pause only stops new submissions.
+    exit is `drain --cancel-running`: the manager also cancels the running workers."""
+
     CONTINUE = "continue"
+    PAUSE = "pause"
     DRAIN = "drain"
     EXIT = "exit"
 
@@ -281,3 +285,95 @@ class TokenInfo(_Wire):
     role: Role
     queues: list[str] | None
     name: str
+
+
+# ----------------------------------------------------------------------------- the manager
+
+
+class SubmissionState(StrEnum):
+    INTENT = "intent"  # recorded before sbatch: may or may not exist in the scheduler
+    CONFIRMED = "confirmed"  # job ids known
+    ENDED = "ended"  # every element has ended
+    FAILED = "failed"  # the scheduler refused it, or it never appeared
+
+
+OPEN_SUBMISSION_STATES = frozenset({SubmissionState.INTENT, SubmissionState.CONFIRMED})
+Tag = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
+]
+
+
+class SubmissionIntent(_Wire):
+    tag: Tag
+    manager: QueueName
+    pool: QueueName
+    count: int = Field(ge=1, le=1_000_000)
+
+
+class SubmissionUpdate(_Wire):
+    state: SubmissionState
+    job_ids: list[Annotated[str, StringConstraints(max_length=64)]] | None = Field(
+        default=None, max_length=10_000
+    )
+    count: int | None = Field(default=None, ge=0, le=1_000_000)
+    detail: Text | None = None
+
+
+class Submission(_Wire):
+    tag: str
+    manager: str
+    pool: str
+    count: int
+    job_ids: list[str]
+    state: SubmissionState
+    created_at: float
+    updated_at: float
+    detail: str | None
+
+
+class ManagerRegistration(_Wire):
+    instance: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    host: Text = ""
+    pools: dict[QueueName, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description="pool name -> min_workers", max_length=1000
+    )
+    stale_after: float = Field(default=90.0, gt=0, le=86400)
+
+
+class ManagerInfo(_Wire):
+    name: str
+    instance: str
+    host: str
+    started_at: float
+    heartbeat_at: float
+
+
+class DecisionRecord(_Wire):
+    manager: QueueName
+    pool: QueueName
+    ts: float = 0.0
+    data: dict[str, object] = Field(default_factory=dict)
+
+
+class PoolHistory(_Wire):
+    """What the manager measures over time for one pool, rebuilt from the store each cycle."""
+
+    queue_waits: list[float] = Field(description="seconds from submission to registration")
+    failed_starts: list[float] = Field(description="times of failed starts in the window")
+    last_registration: float | None
+
+
+class WorkerGone(_Wire):
+    reason: Text = "job ended"
+
+
+class WaitReply(_Wire):
+    seq: int
+    changed: bool
+
+
+class EventRequest(_Wire):
+    """An event the manager records (pool.* and manager.* kinds only)."""
+
+    kind: Annotated[str, StringConstraints(pattern=r"^(pool|manager|submission)\.[a-z_.]{1,48}$")]
+    detail: Text | None = None

@@ -6,6 +6,7 @@ manager reads backlogs, workers and events and sets pool controls. Every error i
 message that names the problem; nothing the client sends reaches a 500.
 """
 
+import collections
 import logging
 import os
 import stat
@@ -14,16 +15,18 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as FPath
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from pydantic import TypeAdapter
 from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
 
 from hpcscale import __version__
 from hpcscale.config import Settings
@@ -41,10 +44,15 @@ from hpcscale.models import (
     CancelRequest,
     ClaimedTask,
     ClaimRequest,
+    DecisionRecord,
     DeregisterRequest,
     Event,
+    EventRequest,
     HeartbeatReply,
     HeartbeatRequest,
+    ManagerInfo,
+    ManagerRegistration,
+    PoolHistory,
     PoolInfo,
     PoolUpdate,
     QueueName,
@@ -54,14 +62,20 @@ from hpcscale.models import (
     ResultsReply,
     ResultsRequest,
     Role,
+    Submission,
+    SubmissionIntent,
+    SubmissionUpdate,
     SubmitReply,
     SubmitRequest,
+    Tag,
     Task,
     TaskState,
     TokenInfo,
     TokenReply,
     TokenRequest,
+    WaitReply,
     Worker,
+    WorkerGone,
     WorkerRegistration,
 )
 from hpcscale.statestore import Store
@@ -147,6 +161,47 @@ async def _plain_json(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class Timing:
+    """Request latency by method, route and status into `histogram` (a plain ASGI middleware:
+    Starlette's BaseHTTPMiddleware costs a task and a stream per request)."""
+
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def timed_send(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            route = scope.get("route")
+            self.histogram.labels(
+                scope["method"], getattr(route, "path", "unmatched"), str(status)
+            ).observe(time.perf_counter() - started)
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def _inline(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    return func(*args, **kwargs)
+
+
+_CLAIMED = TypeAdapter(list[ClaimedTask])
+
+
 class StoreCollector(Collector):
     """Task counts by queue and state, read from the store when Prometheus scrapes."""
 
@@ -196,6 +251,7 @@ class Metrics:
 def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> FastAPI:
     """The API over `store`; with `reaper`, a thread expires stale leases every few seconds."""
     tokens = TokenCache(store)
+    new_work = threading.Condition()  # wakes managers long-polling /v1/wait
     metrics = Metrics(store)
     stop = threading.Event()
 
@@ -229,7 +285,9 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     def caller(*roles: Role) -> Any:
         allowed = {Role.ADMIN, *roles}
 
-        def check(request: Request) -> TokenInfo:
+        async def check(request: Request) -> TokenInfo:
+            # async: FastAPI would run a plain function in the threadpool, a thread hop per
+            # request for what is a dict lookup (the store is asked once per token per 10 s).
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token:
@@ -255,6 +313,12 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     Manager = Annotated[TokenInfo, caller(Role.MANAGER)]
     Stats = Annotated[TokenInfo, caller(Role.WORKER, Role.MANAGER)]
     Admin = Annotated[TokenInfo, caller()]
+
+    # The per-task endpoints (claim, results, heartbeat) call the store on the event loop when
+    # it is SQLite: its writes are serialized by the store's lock anyway, and they take well
+    # under a millisecond, less than a hop to the threadpool and back costs. PostgreSQL runs
+    # claims in parallel (SKIP LOCKED) and waits on the network: there they go to threads.
+    hot = _inline if store.is_sqlite else run_in_threadpool
 
     # -------------------------------------------------------------- error mapping
 
@@ -309,6 +373,8 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     @app.post("/v1/tasks", tags=["tasks"], status_code=201)
     def submit(body: SubmitRequest, _who: Submitter) -> SubmitReply:
         ids, duplicate = store.submit(body.tasks, body.idempotency_key)
+        with new_work:
+            new_work.notify_all()
         return SubmitReply(ids=ids, duplicate=duplicate)
 
     @app.get("/v1/tasks", tags=["tasks"])
@@ -349,21 +415,26 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
 
     @app.get("/v1/workers", tags=["workers"])
     def list_workers(
-        _who: Manager, pool: QueueName | None = None, live: bool = False
+        _who: Manager,
+        pool: QueueName | None = None,
+        live: bool = False,
+        since: Annotated[float | None, Query(ge=0)] = None,
     ) -> list[Worker]:
-        return store.list_workers(pool, live_only=live)
+        return store.list_workers(pool, live_only=live, since=since)
 
-    @app.post("/v1/workers/{worker_id}/claim", tags=["workers"])
-    def claim(worker_id: str, body: ClaimRequest, who: WorkerTok) -> list[ClaimedTask]:
+    @app.post("/v1/workers/{worker_id}/claim", tags=["workers"], response_model=list[ClaimedTask])
+    async def claim(worker_id: str, body: ClaimRequest, who: WorkerTok) -> Response:
         in_scope(who, body.queues)
-        claimed = store.claim(worker_id, body.queues, body.max_tasks, body.free_slots)
-        for task in claimed:
-            metrics.claimed.labels(task.queue).inc()
-        return claimed
+        claimed = await hot(store.claim, worker_id, body.queues, body.max_tasks, body.free_slots)
+        if claimed:
+            for queue, n in collections.Counter(task.queue for task in claimed).items():
+                metrics.claimed.labels(queue).inc(n)
+        return Response(_CLAIMED.dump_json(claimed), media_type="application/json")
 
-    @app.post("/v1/workers/{worker_id}/heartbeat", tags=["workers"])
-    def heartbeat(worker_id: str, body: HeartbeatRequest, _who: WorkerTok) -> HeartbeatReply:
-        return store.heartbeat(worker_id, body.running, body.busy_slots)
+    @app.post("/v1/workers/{worker_id}/heartbeat", tags=["workers"], response_model=HeartbeatReply)
+    async def heartbeat(worker_id: str, body: HeartbeatRequest, _who: WorkerTok) -> Response:
+        reply = await hot(store.heartbeat, worker_id, body.running, body.busy_slots)
+        return Response(reply.model_dump_json(), media_type="application/json")
 
     @app.post(
         "/v1/workers/{worker_id}/results",
@@ -371,11 +442,11 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         response_model=ResultsReply,
         responses={409: {"description": "every result was stale; nothing changed"}},
     )
-    def results(worker_id: str, body: ResultsRequest, _who: WorkerTok) -> Any:
+    async def results(worker_id: str, body: ResultsRequest, _who: WorkerTok) -> Response:
         """409 when every result is stale (nothing changed); else 200, stale ones marked."""
-        outcomes = store.results(worker_id, body.results)
-        for outcome in outcomes:
-            metrics.results.labels(outcome.outcome).inc()
+        outcomes = await hot(store.results, worker_id, body.results)
+        for outcome, n in collections.Counter(o.outcome for o in outcomes).items():
+            metrics.results.labels(outcome).inc(n)
         reply = ResultsReply(outcomes=outcomes)
         if all(o.outcome == "stale" for o in outcomes):
             return JSONResponse(
@@ -385,7 +456,7 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
                 },
                 status_code=409,
             )
-        return reply
+        return Response(reply.model_dump_json(), media_type="application/json")
 
     @app.post("/v1/workers/{worker_id}/release", tags=["workers"])
     def release(worker_id: str, body: ReleaseRequest, _who: WorkerTok) -> ReleaseReply:
@@ -416,22 +487,87 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     ) -> list[Event]:
         return store.events(kind_prefix=kind_prefix, limit=limit, task_id=task)
 
+    # -------------------------------------------------------------- the manager's records
+
+    @app.get("/v1/wait", tags=["manager"])
+    def wait_for_work(
+        _who: Manager,
+        since: Annotated[int, Query(ge=0)] = 0,
+        timeout: Annotated[float, Query(ge=0, le=60)] = 30.0,
+    ) -> WaitReply:
+        """Long-poll: answers as soon as tasks newer than `since` exist, else at `timeout`.
+
+        Wake-ups are this process's; behind a load balancer the manager's poll interval still
+        catches work submitted through another replica."""
+        deadline = time.monotonic() + timeout
+        seq = store.submit_seq()
+        while seq <= since:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return WaitReply(seq=seq, changed=False)
+            with new_work:
+                new_work.wait(min(left, 5.0))
+            seq = store.submit_seq()
+        return WaitReply(seq=seq, changed=True)
+
+    @app.post("/v1/managers/{name}/register", tags=["manager"])
+    def register_manager(name: QueueName, body: ManagerRegistration, _who: Manager) -> ManagerInfo:
+        return store.register_manager(name, body)
+
+    @app.get("/v1/managers", tags=["manager"])
+    def list_managers(_who: AnyReader) -> list[ManagerInfo]:
+        return store.list_managers()
+
+    @app.post("/v1/submissions", tags=["manager"], status_code=201)
+    def record_intent(body: SubmissionIntent, _who: Manager) -> Submission:
+        return store.record_intent(body)
+
+    @app.post("/v1/submissions/{tag}", tags=["manager"])
+    def update_submission(tag: Tag, body: SubmissionUpdate, _who: Manager) -> Submission:
+        return store.update_submission(tag, body)
+
+    @app.get("/v1/submissions", tags=["manager"])
+    def list_submissions(
+        _who: AnyReader,
+        manager: QueueName | None = None,
+        pool: QueueName | None = None,
+        open: bool = False,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> list[Submission]:
+        return store.list_submissions(manager=manager, pool=pool, open_only=open, limit=limit)
+
+    @app.post("/v1/workers/{worker_id}/gone", tags=["manager"])
+    def worker_gone(worker_id: str, body: WorkerGone, _who: Manager) -> ReleaseReply:
+        return ReleaseReply(released=store.worker_gone(worker_id, body.reason))
+
+    @app.get("/v1/pools/{pool}/history", tags=["manager"])
+    def pool_history(
+        pool: QueueName, _who: Manager, since: Annotated[float, Query(ge=0)] = 0.0
+    ) -> PoolHistory:
+        return store.pool_history(pool, since)
+
+    @app.post("/v1/decisions", tags=["manager"], status_code=201)
+    def record_decision(body: DecisionRecord, _who: Manager) -> dict[str, str]:
+        store.record_decision(body)
+        return {"status": "recorded"}
+
+    @app.get("/v1/decisions", tags=["manager"])
+    def list_decisions(
+        pool: QueueName, _who: AnyReader, limit: Annotated[int, Query(ge=1, le=500)] = 10
+    ) -> list[DecisionRecord]:
+        return store.list_decisions(pool, limit)
+
+    @app.post("/v1/events", tags=["events"], status_code=201)
+    def add_event(body: EventRequest, _who: Manager) -> dict[str, str]:
+        store.add_event(body.kind, body.detail)
+        return {"status": "recorded"}
+
     @app.post("/v1/tokens", tags=["admin"], status_code=201)
     def create_token(body: TokenRequest, _who: Admin) -> TokenReply:
         token = store.create_token(body.role, body.queues, body.name)
         return TokenReply(token=token, role=body.role, queues=body.queues)
 
-    @app.middleware("http")
-    async def timing(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(request.method, path, str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
-        return response
-
+    app.add_middleware(Timing, histogram=metrics.requests)
     app.add_middleware(BodyLimit, limit=settings.server.max_body_bytes)
     return app
 

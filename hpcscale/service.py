@@ -1,11 +1,12 @@
-"""Starting the long-running processes: the API server (and, later, the manager loops)."""
+"""Starting the long-running processes: the API server, the manager loops, or both in one."""
 
 from __future__ import annotations
 
 import logging
+import threading
 
 from hpcscale.config import Settings
-from hpcscale.server import build_uvicorn, create_app, ensure_admin_token
+from hpcscale.server import build_uvicorn, create_app, ensure_admin_token, read_token
 from hpcscale.statestore import Store, open_store
 
 log = logging.getLogger("hpcscale.service")
@@ -15,14 +16,38 @@ def open_settings_store(settings: Settings) -> Store:
     return open_store(settings.server.database, lease_ttl=settings.server.lease_ttl)
 
 
-def run_server(settings: Settings) -> None:
-    """The statestore API in the foreground until SIGINT/SIGTERM."""
+def run_server(settings: Settings, *, with_manager: bool = False) -> None:
+    """The statestore API in the foreground until SIGINT/SIGTERM; with the manager's loops in
+    a thread of the same process when `with_manager` (the usual login-node deployment)."""
+    from hpcscale.manager import run_manager
+
     store = open_settings_store(settings)
     token_path = ensure_admin_token(store, settings.server.token_file)
     app = create_app(store, settings)
     server = build_uvicorn(app, settings)
-    log.info("statestore API on %s (admin token in %s)", settings.server.bind, token_path)
+    stop = threading.Event()
+
+    def manage() -> None:
+        while not server.started and not stop.wait(0.05):
+            pass
+        try:
+            run_manager(settings, read_token(str(token_path)), stop=stop)
+        except Exception:
+            log.exception("the manager loop died; the API keeps serving")
+
+    thread = threading.Thread(target=manage, name="manager", daemon=True)
+    if with_manager:
+        thread.start()
+    log.info(
+        "statestore API on %s (admin token in %s)%s",
+        settings.server.bind,
+        token_path,
+        " with the manager loops" if with_manager else "",
+    )
     try:
         server.run()
     finally:
+        stop.set()
+        if with_manager:
+            thread.join(timeout=30)
         store.close()

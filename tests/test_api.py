@@ -37,6 +37,17 @@ ALLOWED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/v1/events"): {A, S, M},
     ("GET", "/v1/pools"): {A, M},
     ("POST", "/v1/pools/{pool}"): {A, M},
+    ("GET", "/v1/wait"): {A, M},
+    ("POST", "/v1/managers/{name}/register"): {A, M},
+    ("GET", "/v1/managers"): {A, S, M},
+    ("POST", "/v1/submissions"): {A, M},
+    ("POST", "/v1/submissions/{tag}"): {A, M},
+    ("GET", "/v1/submissions"): {A, S, M},
+    ("POST", "/v1/workers/{worker_id}/gone"): {A, M},
+    ("GET", "/v1/pools/{pool}/history"): {A, M},
+    ("POST", "/v1/decisions"): {A, M},
+    ("GET", "/v1/decisions"): {A, S, M},
+    ("POST", "/v1/events"): {A, M},
     ("POST", "/v1/tokens"): {A},
 }
 PUBLIC = {("GET", "/healthz")}
@@ -58,11 +69,14 @@ def api_routes(server: LiveServer) -> list[tuple[str, str]]:
 
 
 def call(server: LiveServer, method: str, path: str, token: str | None) -> int:
-    url = server.url + path.replace("{task_id}", "1").replace("{queue}", "default").replace(
-        "{pool}", "cpu"
-    ).replace("{worker_id}", "nobody")
+    filled = {"{task_id}": "1", "{queue}": "default", "{worker_id}": "nobody", "{pool}": "cpu",
+              "{name}": "m", "{tag}": "t1", "/v1/wait": "/v1/wait?timeout=0"}  # fmt: skip
+    for hole, value in filled.items():
+        path = path.replace(hole, value)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.request(method, url, headers=headers, json={}, timeout=10).status_code
+    return httpx.request(
+        method, server.url + path, headers=headers, json={}, timeout=10
+    ).status_code
 
 
 def test_every_endpoint_is_guarded(live_server: LiveServer) -> None:

@@ -130,3 +130,43 @@ tokens = Table(
     Column("created_at", Float, nullable=False),
     Column("revoked", Integer, nullable=False, server_default=text("0")),
 )
+
+# ---------------------------------------------------------------------- the manager's records
+
+submissions = Table(
+    "submissions",
+    metadata,
+    Column("tag", String(128), primary_key=True),
+    Column("manager", String(64), nullable=False),
+    Column("pool", String(64), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("job_ids", Text, nullable=False, server_default=text("'[]'")),  # JSON list
+    # intent (recorded before sbatch) -> confirmed (job ids known) -> ended | failed
+    Column("state", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("detail", Text),
+)
+Index("ix_submissions_manager_state", submissions.c.manager, submissions.c.state)
+
+managers = Table(
+    "managers",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("instance", String(64), nullable=False),
+    Column("host", Text, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("manager", String(64), nullable=False),
+    Column("pool", String(64), nullable=False),
+    Column("data", Text, nullable=False),  # JSON of the decision and its observation
+)
+Index("ix_decisions_pool", decisions.c.pool, decisions.c.id)
+Index("ix_workers_submission", workers.c.submission)

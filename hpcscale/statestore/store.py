@@ -16,14 +16,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import re
 import secrets
+import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     Connection,
@@ -62,11 +65,18 @@ from hpcscale.models import (
     WorkerState,
 )
 from hpcscale.statestore import schema
+from hpcscale.statestore.manager_records import ManagerRecords
 from hpcscale.statestore.schema import batches, events, meta, pools, tasks, tokens, workers
 
 Clock = Callable[[], float]
 LIVE_WORKER_STATES = (WorkerState.ACTIVE.value, WorkerState.DRAINING.value)
 RECENT_DURATIONS = 100
+# SQLite's write-ahead log is copied back into the database by a thread of the store's own
+# (_Checkpointer) this often while there are writes; the writers' own automatic checkpoint only
+# starts past WAL_AUTOCHECKPOINT_PAGES (64 MiB of 4 KiB pages), a fallback.
+WAL_CHECKPOINT_INTERVAL = 0.25
+WAL_AUTOCHECKPOINT_PAGES = 16384
+log = logging.getLogger("hpcscale.statestore")
 
 
 def normalize_url(url: str) -> str:
@@ -80,7 +90,135 @@ def normalize_url(url: str) -> str:
     return url
 
 
-class Store:
+class _Cursor(Protocol):
+    """What the hot paths use of a DB-API cursor (sqlite3's and psycopg's alike)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, params: Any, /) -> Any: ...
+
+    def fetchall(self) -> Sequence[Any]: ...
+
+    def fetchone(self) -> Any: ...
+
+
+class _Sql:
+    """The hot paths' statements in each driver's own dialect.
+
+    Written once in PostgreSQL's form with `:name` parameters. For sqlite3 (named style) the
+    row locks go (its transactions lock the whole database) and a list of ids, one parameter,
+    is read with json_each() from a JSON array; for psycopg `:name` becomes `%(name)s`. Either
+    way the statement text, and so the driver's prepared statement, is the same for every
+    batch size.
+    """
+
+    def __init__(self, is_sqlite: bool) -> None:
+        self.is_sqlite = is_sqlite
+        self.touch_worker = self._(
+            "UPDATE workers SET last_heartbeat = :now, "
+            "state = CASE WHEN state = 'lost' THEN 'active' ELSE state END "
+            "WHERE id = :wid AND state <> 'ended'"
+        )
+        self.worker_state = self._("SELECT state FROM workers WHERE id = :wid")
+        self._claim_select = (
+            "SELECT id, queue, command, env, cwd, slots, timeout, attempts, fence FROM tasks "
+            "WHERE state = 'waiting' AND queue = :q0 AND slots <= :free "
+            "ORDER BY priority DESC, id LIMIT :lim FOR UPDATE SKIP LOCKED"
+        )
+        self.claim_update = self._(
+            "UPDATE tasks SET state = 'running', lease_owner = :wid, lease_expiry = :expiry, "
+            "fence = fence + 1, attempts = attempts + 1, started_at = :now, ended_at = NULL "
+            "WHERE id = ANY(:ids)"
+        )
+        self.insert_event = self._(
+            "INSERT INTO events (ts, kind, task_id, worker_id, detail) "
+            "VALUES (:ts, :kind, :task_id, :worker_id, :detail)"
+        )
+        self.results_select = self._(
+            "SELECT id, state, fence, attempts, max_attempts FROM tasks "
+            "WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
+        )
+        self.results_update = self._(
+            "UPDATE tasks SET state = :state, exit_code = :exit, output_tail = :tail, "
+            "reason = :reason, ended_at = :ended, lease_owner = NULL, lease_expiry = NULL "
+            "WHERE id = :id"
+        )
+        self.worker_done = self._(
+            "UPDATE workers SET tasks_done = tasks_done + :done WHERE id = :wid"
+        )
+
+    def _(self, sql: str) -> str:
+        if self.is_sqlite:
+            return (
+                sql.replace(" FOR UPDATE SKIP LOCKED", "")
+                .replace(" FOR UPDATE", "")
+                .replace("= ANY(:ids)", "IN (SELECT value FROM json_each(:ids))")
+            )
+        return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
+
+    def ids(self, ids: Sequence[int]) -> Any:
+        return json.dumps(list(ids)) if self.is_sqlite else list(ids)
+
+    def claim_select(self, queues: Sequence[str]) -> tuple[str, dict[str, Any]]:
+        """One queue is an equality, so the claim index yields rows in order (no sort)."""
+        params = {f"q{i}": q for i, q in enumerate(queues)}
+        sql = self._claim_select
+        if len(queues) > 1:
+            sql = sql.replace("queue = :q0", "queue IN (:" + ", :".join(params) + ")")
+        return self._(sql), params
+
+
+class _Checkpointer:
+    """Copies SQLite's write-ahead log back into the database file, from a thread of its own.
+
+    By default SQLite checkpoints inside whichever commit takes the log past 1000 pages: that
+    commit copies them and waits for two fsyncs, holding the write lock, so every few dozen
+    claims one stalls everyone. Here a PASSIVE checkpoint (which never waits for, nor blocks,
+    readers or writers, and runs without the GIL) is taken every WAL_CHECKPOINT_INTERVAL while
+    there are writes. Durability is SQLite's synchronous=NORMAL either way.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="hpcscale-wal-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def wrote(self) -> None:
+        if not self._dirty.is_set():
+            self._dirty.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        conn = self._engine.raw_connection()
+        try:
+            raw: Any = conn.driver_connection
+            while True:
+                self._dirty.wait()
+                if self._stop.is_set():
+                    return
+                self._dirty.clear()
+                try:
+                    raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # busy, I/O: the next round, or the writers, retry
+                    log.warning("WAL checkpoint failed: %s", exc)
+                if self._stop.wait(WAL_CHECKPOINT_INTERVAL):
+                    return
+        finally:
+            conn.close()
+
+
+class Store(ManagerRecords):
     """The statestore. Thread-safe; one instance per process is enough."""
 
     def __init__(self, url: str, *, lease_ttl: float = 120.0, clock: Clock = time.time) -> None:
@@ -89,7 +227,10 @@ class Store:
         self.clock = clock
         self.is_sqlite = self.url.startswith("sqlite")
         self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._writer: Connection | None = None
         self.engine = self._make_engine()
+        self._sql = _Sql(self.is_sqlite)
+        self._checkpointer: _Checkpointer | None = None
         self._create_or_check_schema()
 
     # ----------------------------------------------------------------- plumbing
@@ -108,6 +249,7 @@ class Store:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -123,8 +265,75 @@ class Store:
             with self.engine.begin() as conn:
                 yield conn
             return
-        with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        with self._write_lock:
+            conn = self._sqlite_writer()
+            with conn.begin():
+                yield conn
+            self._wrote()
+
+    def _wrote(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.wrote()
+
+    def _sqlite_writer(self) -> Connection:
+        """SQLite's one writing connection, kept checked out: every write holds the lock anyway,
+        so a pool checkout and reset per transaction would only cost time. Call under the lock."""
+        conn = self._writer
+        if conn is None or conn.closed or conn.invalidated:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            conn = self._writer = self.engine.connect()
+            if self._checkpointer is None:
+                self._checkpointer = _Checkpointer(self.engine)
+        return conn
+
+    @contextmanager
+    def _hot(self) -> Iterator[_Cursor]:
+        """A write transaction on the raw DB-API cursor, for the hot paths (claim, results).
+
+        SQLAlchemy's statement building, compilation cache lookups and result wrapping cost
+        more than SQLite's own work for these small statements (about 25 µs a statement), so
+        the per-task calls speak the driver's SQL directly (`_Sql`). Driver errors come out as
+        StoreError (503, retried by clients); a PostgreSQL connection that failed is dropped
+        from the pool.
+        """
+        if self._write_lock is not None:
+            with self._write_lock:
+                raw: Any = self._sqlite_writer().connection.driver_connection
+                try:
+                    raw.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise StoreError(f"database error: {exc}") from exc
+                try:
+                    yield raw.cursor()
+                except BaseException as exc:
+                    raw.rollback()
+                    if isinstance(exc, sqlite3.Error):
+                        raise StoreError(f"database error: {exc}") from exc
+                    raise
+                try:
+                    raw.commit()
+                except sqlite3.Error as exc:
+                    raw.rollback()
+                    raise StoreError(f"database error: {exc}") from exc
+            self._wrote()
+            return
+        import psycopg
+
+        fairy = self.engine.raw_connection()
+        try:
+            cursor = fairy.cursor()
+            yield cursor
+            fairy.commit()
+        except psycopg.OperationalError as exc:
+            fairy.invalidate(exc)
+            raise StoreError(f"database error: {exc}") from exc
+        except BaseException:
+            fairy.rollback()
+            raise
+        finally:
+            fairy.close()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -149,6 +358,14 @@ class Store:
                 )
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
+        if self._write_lock is not None:
+            with self._write_lock:
+                if self._writer is not None:
+                    self._writer.close()
+                    self._writer = None
         self.engine.dispose()
 
     def ping(self) -> None:
@@ -241,145 +458,126 @@ class Store:
     def claim(
         self, worker_id: str, queues: Sequence[str], max_tasks: int, free_slots: int
     ) -> list[ClaimedTask]:
-        """Lease up to max_tasks waiting tasks that fit in free_slots, by priority then age."""
+        """Lease up to max_tasks waiting tasks that fit in free_slots, by priority then age.
+
+        One transaction: the worker's liveness (a claim counts as a heartbeat), the candidates
+        (PostgreSQL: FOR UPDATE SKIP LOCKED), their leases (fence and attempts bumped) and a
+        `task.claimed` event each.
+        """
         now = self.clock()
         expiry = now + self.lease_ttl
         want = min(max_tasks, free_slots)
-        query = (
-            select(
-                tasks.c.id,
-                tasks.c.queue,
-                tasks.c.command,
-                tasks.c.env,
-                tasks.c.cwd,
-                tasks.c.slots,
-                tasks.c.timeout,
-                tasks.c.attempts,
-                tasks.c.fence,
-            )
-            .where(
-                tasks.c.state == TaskState.WAITING.value,
-                tasks.c.queue.in_(list(queues)),
-                tasks.c.slots <= free_slots,
-            )
-            .order_by(tasks.c.priority.desc(), tasks.c.id)
-            .limit(want + 16)
-        )
-        if not self.is_sqlite:
-            query = query.with_for_update(skip_locked=True)
-        with self._write() as conn:
-            self._require_live_worker(conn, worker_id)
+        sql = self._sql
+        select_sql, params = sql.claim_select(queues)
+        params.update(free=free_slots, lim=want + 16)
+        with self._hot() as cur:
+            self._touch_worker(cur, worker_id, now)
+            cur.execute(select_sql, params)
             chosen = []
             room = free_slots
-            for row in conn.execute(query):
-                if row.slots <= room:
+            for row in cur.fetchall():
+                if row[5] <= room:
                     chosen.append(row)
-                    room -= row.slots
+                    room -= row[5]
                     if len(chosen) == want or room == 0:
                         break
             if not chosen:
                 return []
-            conn.execute(
-                update(tasks)
-                .where(tasks.c.id == bindparam("b_id"))
-                .values(
-                    state=TaskState.RUNNING.value,
-                    lease_owner=worker_id,
-                    lease_expiry=expiry,
-                    fence=bindparam("b_fence"),
-                    attempts=bindparam("b_attempts"),
-                    started_at=now,
-                    ended_at=None,
-                ),
-                [
-                    {"b_id": r.id, "b_fence": r.fence + 1, "b_attempts": r.attempts + 1}
-                    for r in chosen
-                ],
+            cur.execute(
+                sql.claim_update,
+                {
+                    "wid": worker_id,
+                    "expiry": expiry,
+                    "now": now,
+                    "ids": sql.ids([r[0] for r in chosen]),
+                },
             )
-            self._events(
-                conn,
+            cur.executemany(
+                sql.insert_event,
                 [
                     {
                         "ts": now,
                         "kind": "task.claimed",
-                        "task_id": r.id,
+                        "task_id": r[0],
                         "worker_id": worker_id,
-                        "detail": f"fence {r.fence + 1}",
+                        "detail": f"fence {r[8] + 1}",
                     }
                     for r in chosen
                 ],
             )
         return [
             ClaimedTask(
-                id=r.id,
-                queue=r.queue,
-                command=json.loads(r.command),
-                env=json.loads(r.env),
-                cwd=r.cwd,
-                slots=r.slots,
-                timeout=r.timeout,
-                attempts=r.attempts + 1,
-                fence=r.fence + 1,
+                id=task_id,
+                queue=queue,
+                command=json.loads(command),
+                env=json.loads(env),
+                cwd=cwd,
+                slots=slots,
+                timeout=timeout,
+                attempts=attempts + 1,
+                fence=fence + 1,
                 lease_expiry=expiry,
             )
-            for r in chosen
+            for task_id, queue, command, env, cwd, slots, timeout, attempts, fence in chosen
         ]
 
+    def _touch_worker(self, cur: _Cursor, worker_id: str, now: float) -> None:
+        """A claim proves the worker alive: it counts as a heartbeat and revives a `lost` one."""
+        cur.execute(self._sql.touch_worker, {"now": now, "wid": worker_id})
+        if cur.rowcount == 1:
+            return
+        cur.execute(self._sql.worker_state, {"wid": worker_id})
+        if cur.fetchone() is None:
+            raise NotFound(f"no worker {worker_id}; register first")
+        raise InvalidTransition(f"worker {worker_id} has ended; register again")
+
     def results(self, worker_id: str, results: Sequence[TaskResult]) -> list[ResultOutcome]:
-        """Record outcomes; a result whose fence is not the live lease's is `stale`, a no-op."""
+        """Record outcomes; a result whose fence is not the live lease's is `stale`, a no-op.
+
+        The tasks' rows are read (PostgreSQL: locked, FOR UPDATE) in the same transaction that
+        changes them, so no claim or expiry can move a lease between the check and the write.
+        """
         now = self.clock()
-        ids = [r.task_id for r in results]
         outcomes: list[ResultOutcome] = []
         updates: list[dict[str, Any]] = []
         event_rows: list[dict[str, Any]] = []
-        done = 0
-        with self._write() as conn:
-            rows = {
-                r.id: r
-                for r in conn.execute(
-                    select(
-                        tasks.c.id,
-                        tasks.c.state,
-                        tasks.c.fence,
-                        tasks.c.attempts,
-                        tasks.c.max_attempts,
-                    ).where(tasks.c.id.in_(ids))
-                )
-            }
+        sql = self._sql
+        with self._hot() as cur:
+            cur.execute(sql.results_select, {"ids": sql.ids(sorted({r.task_id for r in results}))})
+            rows = {r[0]: r for r in cur.fetchall()}
             seen: set[int] = set()
             for res in results:
                 row = rows.get(res.task_id)
                 if (
                     row is None
-                    or row.state != TaskState.RUNNING.value
-                    or row.fence != res.fence
+                    or row[1] != TaskState.RUNNING.value
+                    or row[2] != res.fence
                     or res.task_id in seen
                 ):
                     outcomes.append(ResultOutcome(task_id=res.task_id, outcome="stale"))
                     continue
                 seen.add(res.task_id)
-                done += 1
                 if res.success:
                     state, outcome, kind = TaskState.SUCCEEDED, "succeeded", "task.succeeded"
                 elif not res.retryable:
                     state, outcome, kind = TaskState.FAILED, "failed", "task.failed"
-                elif row.attempts >= row.max_attempts:
+                elif row[3] >= row[4]:
                     state, outcome, kind = TaskState.DEAD, "dead", "task.dead"
                 else:
                     state, outcome, kind = TaskState.WAITING, "requeued", "task.requeued"
                 final = state != TaskState.WAITING
                 updates.append(
                     {
-                        "b_id": res.task_id,
-                        "b_state": state.value,
-                        "b_exit": res.exit_code,
-                        "b_tail": res.output_tail,
-                        "b_reason": res.reason,
-                        "b_ended": now if final else None,
+                        "id": res.task_id,
+                        "state": state.value,
+                        "exit": res.exit_code,
+                        "tail": res.output_tail,
+                        "reason": res.reason,
+                        "ended": now if final else None,
                     }
                 )
-                detail = f"exit {res.exit_code}" + (f": {res.reason}" if res.reason else "")
                 if not res.success:
+                    detail = f"exit {res.exit_code}" + (f": {res.reason}" if res.reason else "")
                     event_rows.append(
                         {
                             "ts": now,
@@ -401,26 +599,10 @@ class Store:
                     )
                 outcomes.append(ResultOutcome(task_id=res.task_id, outcome=outcome))
             if updates:
-                conn.execute(
-                    update(tasks)
-                    .where(tasks.c.id == bindparam("b_id"))
-                    .values(
-                        state=bindparam("b_state"),
-                        exit_code=bindparam("b_exit"),
-                        output_tail=bindparam("b_tail"),
-                        reason=bindparam("b_reason"),
-                        ended_at=bindparam("b_ended"),
-                        lease_owner=None,
-                        lease_expiry=None,
-                    ),
-                    updates,
-                )
-                conn.execute(
-                    update(workers)
-                    .where(workers.c.id == worker_id)
-                    .values(tasks_done=workers.c.tasks_done + done)
-                )
-            self._events(conn, event_rows)
+                cur.executemany(sql.results_update, updates)
+                cur.execute(sql.worker_done, {"done": len(updates), "wid": worker_id})
+            if event_rows:
+                cur.executemany(sql.insert_event, event_rows)
         return outcomes
 
     def release(
@@ -509,12 +691,15 @@ class Store:
     def expire(self) -> int:
         """Requeue (or kill) tasks whose lease ran out; mark silent workers lost. Returns tasks."""
         now = self.clock()
+        query = select(
+            tasks.c.id, tasks.c.attempts, tasks.c.max_attempts, tasks.c.lease_owner
+        ).where(tasks.c.state == TaskState.RUNNING.value, tasks.c.lease_expiry < now)
+        if not self.is_sqlite:
+            # Locked, so a result or a claim cannot slip in between this read and the update
+            # below (a row a result is busy with is skipped: it is ending anyway).
+            query = query.with_for_update(skip_locked=True)
         with self._write() as conn:
-            expired = conn.execute(
-                select(
-                    tasks.c.id, tasks.c.attempts, tasks.c.max_attempts, tasks.c.lease_owner
-                ).where(tasks.c.state == TaskState.RUNNING.value, tasks.c.lease_expiry < now)
-            ).all()
+            expired = conn.execute(query).all()
             if expired:
                 to_dead = [r for r in expired if r.attempts >= r.max_attempts]
                 to_wait = [r for r in expired if r.attempts < r.max_attempts]
@@ -690,32 +875,21 @@ class Store:
             raise NotFound(f"no worker {worker_id}")
         return _worker(row)
 
-    def list_workers(self, pool: str | None = None, live_only: bool = False) -> list[Worker]:
+    def list_workers(
+        self, pool: str | None = None, live_only: bool = False, since: float | None = None
+    ) -> list[Worker]:
+        """Workers of a pool; `since`: the live ones plus those started since then."""
         query = select(workers).order_by(workers.c.started_at)
         if pool is not None:
             query = query.where(workers.c.pool == pool)
         if live_only:
             query = query.where(workers.c.state.in_(LIVE_WORKER_STATES))
+        elif since is not None:
+            query = query.where(
+                or_(workers.c.state.in_(LIVE_WORKER_STATES), workers.c.started_at >= since)
+            )
         with self._read() as conn:
             return [_worker(r) for r in conn.execute(query)]
-
-    def _require_live_worker(self, conn: Connection, worker_id: str) -> None:
-        """A claim proves the worker alive: it counts as a heartbeat and revives a `lost` one."""
-        row = conn.execute(select(workers.c.state).where(workers.c.id == worker_id)).first()
-        if row is None:
-            raise NotFound(f"no worker {worker_id}; register first")
-        if row.state == WorkerState.ENDED.value:
-            raise InvalidTransition(f"worker {worker_id} has ended; register again")
-        conn.execute(
-            update(workers)
-            .where(workers.c.id == worker_id)
-            .values(
-                last_heartbeat=self.clock(),
-                state=WorkerState.ACTIVE.value
-                if row.state == WorkerState.LOST.value
-                else row.state,
-            )
-        )
 
     def heartbeat(
         self, worker_id: str, running: Sequence[int] = (), busy_slots: int = 0

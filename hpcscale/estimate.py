@@ -1,0 +1,41 @@
+"""PURE: throughput and queue-wait estimates from recent measurements. No I/O, no clock.
+
+EWMA over the newest samples: it follows a campaign whose tasks change length, yet one odd
+task does not swing the pool's size. With no samples, the config's prior stands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+ALPHA = 0.2
+
+
+def ewma(samples_newest_first: Sequence[float], alpha: float = ALPHA) -> float | None:
+    """Exponentially weighted mean, the newest sample weighing most; None for no samples."""
+    if not samples_newest_first:
+        return None
+    value = samples_newest_first[-1]
+    for sample in reversed(samples_newest_first[:-1]):
+        value = alpha * sample + (1 - alpha) * value
+    return value
+
+
+def task_duration(samples_newest_first: Sequence[float], prior: float) -> float:
+    """Expected seconds per task: EWMA of recent run times, else the prior; never below 0.1 s."""
+    measured = ewma(samples_newest_first)
+    return max(0.1, prior if measured is None else measured)
+
+
+def queue_wait(samples_newest_first: Sequence[float], prior: float = 0.0) -> float:
+    """Expected seconds from sbatch to a registered worker."""
+    measured = ewma(samples_newest_first)
+    return max(0.0, prior if measured is None else measured)
+
+
+def blended_duration(per_queue: Sequence[tuple[float, int]], default: float) -> float:
+    """One duration for a pool serving several queues: the mean weighted by backlog."""
+    weight = sum(count for _, count in per_queue)
+    if weight <= 0:
+        return default
+    return sum(duration * count for duration, count in per_queue) / weight

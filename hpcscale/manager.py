@@ -1,0 +1,543 @@
+"""The manager: observe -> decide -> act -> record, for every pool, every cycle.
+
+It keeps no state of its own (invariant 5). Every cycle it rebuilds the picture from the store
+(backlog, workers, its open submissions, controls, history) and from ONE scheduler query per
+kind of scheduler (all pools at once), so a restarted manager knows exactly what is in flight.
+Submissions are recorded as intents before `sbatch` and reconciled by tag afterwards: an sbatch
+that timed out but created the job is found, not submitted twice (invariant 3).
+
+The four operations of the alchemiscale compute-manager design keep their names:
+`register`, `request_claimable`, `check_managed_compute_services`, `create_compute_service`.
+Errors never stop the loop for good (invariant 4): a failed cycle is logged, backed off and
+retried; a pool whose workers keep failing to start has its breaker opened, probed after a
+cooldown and closed by the first worker that registers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hpcscale import estimate
+from hpcscale.client import Client
+from hpcscale.config import PoolConfig, Settings, worker_token_file
+from hpcscale.errors import (
+    ClientError,
+    ConfigError,
+    HpcscaleError,
+    PermanentSubmitError,
+    SchedulerError,
+    TransientSchedulerError,
+)
+from hpcscale.jobscript import render
+from hpcscale.models import (
+    Backlog,
+    Control,
+    DecisionRecord,
+    ManagerRegistration,
+    PoolInfo,
+    Role,
+    Submission,
+    SubmissionIntent,
+    SubmissionState,
+    SubmissionUpdate,
+    Worker,
+)
+from hpcscale.policy import Decision, Observation, PoolRules, decide, rules_from_pool
+from hpcscale.schedulers import (
+    NORMAL_END,
+    ElementState,
+    ElementStatus,
+    Scheduler,
+    make_scheduler,
+)
+from hpcscale.server import write_secret
+
+log = logging.getLogger("hpcscale.manager")
+
+INTENT_TIMEOUT = 180.0  # an intent the scheduler never showed by then did not happen
+LEAVING_MARGIN = 30.0
+HISTORY_WINDOW = 3600.0
+
+
+@dataclass
+class PoolView:
+    """What `check_managed_compute_services` found for one pool."""
+
+    unconfirmed: int = 0
+    pending: list[ElementStatus] = field(default_factory=list)
+    starting: list[ElementStatus] = field(default_factory=list)
+    running: list[ElementStatus] = field(default_factory=list)
+    registered: list[Worker] = field(default_factory=list)
+    idle: int = 0
+    busy: int = 0
+    leaving_soon: int = 0
+    failed_starts: list[str] = field(default_factory=list)
+    gone_workers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CycleResult:
+    decisions: dict[str, Decision]
+    errors: dict[str, str]
+    submitted: dict[str, int]
+
+
+class ComputeManager:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Client,
+        *,
+        dry_run: bool = False,
+        clock: Callable[[], float] = time.time,
+        scheduler_factory: Callable[[PoolConfig], Scheduler] | None = None,
+        out: Callable[[str], None] = print,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.dry_run = dry_run
+        self.clock = clock
+        self.out = out
+        self.name = settings.manager.name
+        self.instance = uuid.uuid4().hex
+        state_dir = Path(settings.manager.state_dir).expanduser()
+        factory = scheduler_factory or (lambda p: make_scheduler(p, self.name, state_dir))
+        self.schedulers: dict[str, Scheduler] = {p.name: factory(p) for p in settings.pools}
+        self.first_running: dict[str, float] = {}  # element id -> first seen running (memory)
+        self.counted_failures: set[str] = set()
+        self.seq = 0
+        self.stop = threading.Event()
+        self.last: dict[str, Decision] = {}
+
+    # ------------------------------------------------------------------ the four operations
+
+    def register(self) -> None:
+        """Claim the manager's name in the store (refused while another instance lives)."""
+        registration = ManagerRegistration(
+            instance=self.instance,
+            host=socket.gethostname(),
+            pools={p.name: p.min_workers for p in self.settings.pools},
+            stale_after=max(90.0, 3 * self.settings.manager.poll_interval),
+        )
+        self.client.register_manager(self.name, registration)
+        if not self.counted_failures:
+            for event in self.client.events(kind_prefix="pool.failed_start", limit=1000):
+                self.counted_failures.add((event.detail or "").split(" ")[-1])
+
+    def request_claimable(self, pool: PoolConfig, backlog: Sequence[Backlog]) -> Backlog:
+        """The claimable work in the pool's queues, summed."""
+        mine = [b for b in backlog if b.queue in pool.queues]
+        return Backlog(
+            queue=",".join(pool.queues),
+            count=sum(b.count for b in mine),
+            slots=sum(b.slots for b in mine),
+            oldest_age=max((b.oldest_age for b in mine), default=0.0),
+        )
+
+    def check_managed_compute_services(
+        self,
+        pool: PoolConfig,
+        elements: Sequence[ElementStatus],
+        submissions: Sequence[Submission],
+        workers: Sequence[Worker],
+        est_duration: float,
+    ) -> PoolView:
+        """Join the pool's submissions, their elements' states and the registered workers."""
+        now = self.clock()
+        view = PoolView()
+        by_tag: dict[str, list[ElementStatus]] = {}
+        for element in elements:
+            by_tag.setdefault(element.tag, []).append(element)
+        for sub in submissions:
+            self._reconcile(sub, by_tag.get(sub.tag, []), view, now)
+        live = {(w.job_id, w.array_index): w for w in workers}
+        ever = {(w.job_id, w.array_index) for w in workers}
+        for element in elements:
+            key = (element.job_id, element.array_index)
+            if element.state == ElementState.PENDING:
+                view.pending.append(element)
+            elif element.terminal:
+                self.first_running.pop(element.element_id, None)
+                worker = live.get(key)
+                if worker is not None and worker.state.value in ("active", "draining"):
+                    view.gone_workers.append(worker.id)
+                if (
+                    element.state not in NORMAL_END
+                    and key not in ever
+                    and element.element_id not in self.counted_failures
+                ):
+                    view.failed_starts.append(element.element_id)
+            else:  # running, completing, unknown: holding a slot
+                view.running.append(element)
+                worker = live.get(key)
+                if worker is not None and worker.state.value in ("active", "draining"):
+                    view.registered.append(worker)
+                    if worker.busy_slots:
+                        view.busy += 1
+                    else:
+                        view.idle += 1
+                    left = (worker.expected_end or math.inf) - now
+                    if worker.state.value == "draining" or left < est_duration + LEAVING_MARGIN:
+                        view.leaving_soon += 1
+                else:
+                    first = self.first_running.setdefault(element.element_id, now)
+                    if now - first > self.settings.manager.start_grace:
+                        view.failed_starts.append(element.element_id)
+                    view.starting.append(element)
+        return view
+
+    def create_compute_service(self, pool: PoolConfig, count: int) -> Submission | None:
+        """One array submission of `count` workers: intent, sbatch, confirm."""
+        tag = f"{self.name}.{pool.name}.{int(self.clock())}.{uuid.uuid4().hex[:6]}"
+        token_file = self._worker_token(pool)
+        job = render(pool, self.settings, tag, count, token_file)
+        if self.dry_run:
+            self.out(f"[dry-run] pool {pool.name}: would submit {count} worker(s):")
+            self.out("  " + " ".join(job.sbatch_argv))
+            return None
+        self.client.record_intent(
+            SubmissionIntent(tag=tag, manager=self.name, pool=pool.name, count=count)
+        )
+        scheduler = self.schedulers[pool.name]
+        try:
+            created = scheduler.submit(job.script, count, tag)
+        except PermanentSubmitError as exc:
+            self._fail(pool, tag, f"refused by the scheduler: {exc}")
+            return None
+        except TransientSchedulerError as exc:
+            log.warning(
+                "pool %s: submission %s uncertain (%s); reconciling next cycle", pool.name, tag, exc
+            )
+            return None
+        except SchedulerError as exc:
+            self._fail(pool, tag, str(exc))
+            return None
+        log.info(
+            "pool %s: submitted %d worker(s) as %s (jobs %s)",
+            pool.name,
+            created.count,
+            tag,
+            ",".join(created.job_ids),
+        )
+        return self.client.update_submission(
+            tag,
+            SubmissionUpdate(
+                state=SubmissionState.CONFIRMED, job_ids=created.job_ids, count=created.count
+            ),
+        )
+
+    # ------------------------------------------------------------------ the cycle
+
+    def cycle(self) -> CycleResult:
+        """One pass over every pool. Errors of one pool do not stop the others."""
+        result = CycleResult({}, {}, {})
+        self.register()
+        backlog = self.client.backlog()
+        submissions = self.client.submissions(manager=self.name, open_only=True)
+        pools = {p.name: p for p in self.client.pools()}
+        elements, unreadable = self._elements()
+        for pool in self.settings.pools:
+            try:
+                if pool.scheduler in unreadable:
+                    raise SchedulerError(unreadable[pool.scheduler])
+                decision = self._cycle_pool(
+                    pool,
+                    backlog,
+                    [s for s in submissions if s.pool == pool.name],
+                    [e for e in elements if e.pool == pool.name],
+                    pools.get(pool.name),
+                )
+                result.decisions[pool.name] = decision
+                result.submitted[pool.name] = decision.submit
+            except HpcscaleError as exc:
+                log.warning("pool %s: cycle failed: %s", pool.name, exc)
+                result.errors[pool.name] = str(exc)
+                self._record(pool, None, {}, [f"cycle failed, submitting nothing: {exc}"])
+        return result
+
+    def _elements(self) -> tuple[list[ElementStatus], dict[str, str]]:
+        """Every element of this manager: one status() per kind of scheduler."""
+        elements: list[ElementStatus] = []
+        unreadable: dict[str, str] = {}
+        asked: set[str] = set()
+        for pool in self.settings.pools:
+            if pool.scheduler in asked:
+                continue
+            asked.add(pool.scheduler)
+            try:
+                elements += self.schedulers[pool.name].status()
+            except SchedulerError as exc:
+                unreadable[pool.scheduler] = f"scheduler status unreadable: {exc}"
+        return elements, unreadable
+
+    def _cycle_pool(
+        self,
+        pool: PoolConfig,
+        backlog: Sequence[Backlog],
+        submissions: Sequence[Submission],
+        elements: Sequence[ElementStatus],
+        info: PoolInfo | None,
+    ) -> Decision:
+        now = self.clock()
+        claimable = self.request_claimable(pool, backlog)
+        est = self._duration(pool, backlog)
+        workers = self.client.list_workers(pool=pool.name, since=now - HISTORY_WINDOW)
+        view = self.check_managed_compute_services(pool, elements, submissions, workers, est)
+        for worker_id in view.gone_workers:
+            released = self.client.worker_gone(worker_id, "its job ended")
+            log.info("pool %s: worker %s's job ended; requeued %s", pool.name, worker_id, released)
+        for element_id in view.failed_starts:
+            self._failed_start(pool, element_id)
+        history = self.client.pool_history(
+            pool.name, since=now - self.settings.manager.breaker_window
+        )
+        breaker = self._breaker(history.failed_starts, history.last_registration, now)
+        rules = self._rules(pool)
+        obs = Observation(
+            now=now,
+            claimable=claimable.count,
+            claimable_slots=claimable.slots,
+            est_duration=est,
+            unconfirmed=view.unconfirmed,
+            pending=len(view.pending),
+            starting=len(view.starting),
+            registered=len(view.registered),
+            leaving_soon=view.leaving_soon,
+            control=info.control.value if info else "continue",
+            max_workers_override=info.max_workers_override if info else None,
+            breaker=breaker,
+        )
+        decision = decide(rules, obs)
+        self._act(pool, decision, view, info)
+        wait = estimate.queue_wait(history.queue_waits)
+        self._record(
+            pool,
+            decision,
+            asdict(obs),
+            list(decision.reasons),
+            extra={"queue_wait": wait, "idle": view.idle, "busy": view.busy},
+        )
+        self.last[pool.name] = decision
+        return decision
+
+    def _act(
+        self, pool: PoolConfig, decision: Decision, view: PoolView, info: PoolInfo | None
+    ) -> None:
+        if decision.submit > 0:
+            self.create_compute_service(pool, decision.submit)
+        scheduler = self.schedulers[pool.name]
+        if decision.cancel_pending and view.pending and not self.dry_run:
+            newest = sorted(view.pending, key=lambda e: (e.job_id, e.array_index), reverse=True)
+            ids = [e.element_id for e in newest[: decision.cancel_pending]]
+            scheduler.cancel(ids, pending_only=True)
+            log.info("pool %s: cancelled pending %s", pool.name, ids)
+        if info is not None and info.control == Control.EXIT and view.running and not self.dry_run:
+            ids = [e.element_id for e in view.running]
+            scheduler.cancel(ids)
+            log.info("pool %s: drain --cancel-running: cancelled %s", pool.name, ids)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _rules(self, pool: PoolConfig) -> PoolRules:
+        return rules_from_pool(pool, self.schedulers[pool.name].max_array_size)
+
+    def _duration(self, pool: PoolConfig, backlog: Sequence[Backlog]) -> float:
+        counts = {b.queue: b.count for b in backlog}
+        per_queue = []
+        for queue in pool.queues:
+            stats = self.client.queue_stats(queue)
+            duration = estimate.task_duration(stats.recent_durations, pool.task_duration_prior)
+            per_queue.append((duration, counts.get(queue, 0)))
+        default = max((d for d, _ in per_queue), default=pool.task_duration_prior)
+        return estimate.blended_duration(per_queue, default)
+
+    def _breaker(
+        self, failures: Sequence[float], last_registration: float | None, now: float
+    ) -> str:
+        """closed | open | probe, from failed starts since the last worker that registered."""
+        cfg = self.settings.manager
+        recent = [t for t in failures if t > (last_registration or 0.0)]
+        if len(recent) < cfg.breaker_failures:
+            return "closed"
+        return "open" if now - recent[-1] < cfg.breaker_cooldown else "probe"
+
+    def _reconcile(
+        self, sub: Submission, elements: list[ElementStatus], view: PoolView, now: float
+    ) -> None:
+        """Bring a submission's record in line with what the scheduler shows for its tag."""
+        age = now - sub.created_at
+        if sub.state == SubmissionState.INTENT:
+            if elements:
+                job_ids = sorted({e.job_id for e in elements})
+                self.client.update_submission(
+                    sub.tag,
+                    SubmissionUpdate(
+                        state=SubmissionState.CONFIRMED,
+                        job_ids=job_ids,
+                        detail="found by tag after an uncertain sbatch",
+                    ),
+                )
+                return
+            if age > INTENT_TIMEOUT:
+                self.client.update_submission(
+                    sub.tag,
+                    SubmissionUpdate(
+                        state=SubmissionState.FAILED, detail="never appeared in the scheduler"
+                    ),
+                )
+                return
+            view.unconfirmed += sub.count  # may exist: it counts against the max
+            return
+        if elements and all(e.terminal for e in elements):
+            self.client.update_submission(sub.tag, SubmissionUpdate(state=SubmissionState.ENDED))
+        elif not elements and age > 60:
+            self.client.update_submission(
+                sub.tag,
+                SubmissionUpdate(
+                    state=SubmissionState.ENDED, detail="no longer listed by the scheduler"
+                ),
+            )
+
+    def _failed_start(self, pool: PoolConfig, element_id: str) -> None:
+        if element_id in self.counted_failures:
+            return
+        self.counted_failures.add(element_id)
+        log.warning("pool %s: element %s failed to start a worker", pool.name, element_id)
+        self.client.add_event("pool.failed_start", f"{pool.name} {element_id}")
+        if not self.dry_run:
+            try:
+                self.schedulers[pool.name].cancel([element_id])
+            except SchedulerError as exc:
+                log.warning("could not cancel %s: %s", element_id, exc)
+
+    def _fail(self, pool: PoolConfig, tag: str, why: str) -> None:
+        log.error("pool %s: submission %s failed: %s", pool.name, tag, why)
+        self.client.update_submission(
+            tag, SubmissionUpdate(state=SubmissionState.FAILED, detail=why[:4000])
+        )
+        self.counted_failures.add(tag)
+        self.client.add_event("pool.failed_start", f"{pool.name} {tag}")
+
+    def _worker_token(self, pool: PoolConfig) -> Path:
+        """The pool's worker token file (0600), created through the API when missing."""
+        path = worker_token_file(self.settings, pool.name)
+        if path.exists() or self.dry_run:
+            return path
+        try:
+            reply = self.client.create_token(Role.WORKER, pool.queues, f"workers of {pool.name}")
+        except ClientError as exc:
+            raise ConfigError(
+                [
+                    f"pools.{pool.name}: no worker token at {path} and this manager's token may "
+                    f"not create one ({exc}); run: hpcscale token create --role worker --queues "
+                    f"{','.join(pool.queues)} --output {path}"
+                ]
+            ) from exc
+        write_secret(path, reply.token)
+        return path
+
+    def _record(
+        self,
+        pool: PoolConfig,
+        decision: Decision | None,
+        obs: dict[str, object],
+        reasons: list[str],
+        extra: dict[str, object] | None = None,
+    ) -> None:
+        data: dict[str, object] = {"reasons": reasons, "observation": obs, **(extra or {})}
+        if decision is not None:
+            data.update(
+                desired=decision.desired,
+                submit=decision.submit,
+                cancel_pending=decision.cancel_pending,
+                state=decision.state.value,
+                needed=decision.needed,
+                in_flight=decision.in_flight,
+            )
+        else:
+            data.update(state="degraded", submit=0)
+        if self.dry_run:
+            self.out(f"pool {pool.name}: " + "; ".join(reasons))
+            return
+        try:
+            self.client.record_decision(
+                DecisionRecord(manager=self.name, pool=pool.name, data=data)
+            )
+        except HpcscaleError as exc:
+            log.warning("could not record the decision: %s", exc)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, once: bool = False) -> int:
+        """Cycle until stopped; never give up on an error (back off instead)."""
+        backoff = 1.0
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                result = self.cycle()
+                backoff = 1.0
+            except ClientError as exc:
+                if exc.status == 409:
+                    log.error("%s", exc)
+                    if once:
+                        return 1
+                log.warning("cycle failed: %s; retrying in %.0fs", exc, backoff)
+                if once:
+                    return 1
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, self.settings.manager.poll_interval)
+                continue
+            except HpcscaleError as exc:
+                log.warning("cycle failed: %s; retrying in %.0fs", exc, backoff)
+                if once:
+                    return 1
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, self.settings.manager.poll_interval)
+                continue
+            log.debug("cycle took %.3fs: %s", time.monotonic() - started, result.submitted)
+            if once:
+                return 1 if result.errors else 0
+            self._sleep()
+        return 0
+
+    def _sleep(self) -> None:
+        """Until the poll interval passes or new tasks arrive (the server's long-poll)."""
+        deadline = time.monotonic() + self.settings.manager.poll_interval
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                reply = self.client.wait_for_work(self.seq, min(left, 5.0))
+            except HpcscaleError:
+                self.stop.wait(min(left, 5.0))
+                continue
+            changed = reply.seq > self.seq
+            self.seq = reply.seq
+            if changed:
+                return
+
+
+def run_manager(
+    settings: Settings,
+    token: str,
+    *,
+    once: bool = False,
+    dry_run: bool = False,
+    stop: threading.Event | None = None,
+) -> int:
+    if not settings.pools:
+        raise ConfigError(["pools: no [[pools]] in the config: nothing to manage"])
+    with Client(settings.server.url, token, retry_for=10.0) as client:
+        manager = ComputeManager(settings, client, dry_run=dry_run)
+        if stop is not None:
+            manager.stop = stop
+        return manager.run(once=once)

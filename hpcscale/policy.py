@@ -1,0 +1,217 @@
+"""PURE: one observation of a pool + its settings -> how many workers to submit or cancel, and why.
+
+No I/O and no clock of its own (`now` is in the observation), so the manager, the simulator and
+the tests run the very same decisions. The sizing rule (DESIGN.md):
+
+    lifetime   = min(max_time, wall time) - startup
+    per_worker = slots * min(max_tasks or inf, lifetime / est_duration)
+    needed     = ceil(claimable_work / (slots * target_drain_time)), at most ceil(claimable / slots)
+    desired    = clamp(needed, min_workers (or a window's), max_workers)
+    in_flight  = unconfirmed + pending + starting + registered - leaving soon
+    submit     = clamp(desired - in_flight, 0, max_submit_per_cycle, max_pending - pending,
+                       max_workers - all in flight, array limit)
+
+The hard max counts every element that exists or may exist (unconfirmed submissions included)
+and never subtracts workers that are leaving: they still hold their slot of the allocation
+until their job is gone (invariant 3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from hpcscale.config import PoolConfig
+
+STARTUP_SECONDS = 10.0
+
+
+class PoolState(StrEnum):
+    IDLE = "idle"
+    WARMING = "warming"
+    READY = "ready"
+    BUSY = "busy"
+    DRAINING = "draining"
+    PAUSED = "paused"
+    DEGRADED = "degraded"
+
+
+@dataclass(frozen=True)
+class PoolRules:
+    """The settings of one pool that the decision reads (from PoolConfig and the store)."""
+
+    min_workers: int
+    max_workers: int
+    max_pending: int
+    max_submit_per_cycle: int
+    target_drain_time: float
+    slots: int = 1
+    max_tasks: int = 0
+    lifetime: float = math.inf  # min(max_time, wall time)
+    max_array_size: int = 1000
+    cancel_unneeded_pending: bool = False
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: float
+    claimable: int  # claimable tasks in the pool's queues
+    claimable_slots: int  # slots those tasks ask for
+    est_duration: float  # seconds per task
+    unconfirmed: int = 0  # elements of submissions recorded but not yet seen in the scheduler
+    pending: int = 0
+    starting: int = 0  # running, no worker registered yet
+    registered: int = 0  # running with a live worker (idle or busy)
+    leaving_soon: int = 0  # registered workers that will not take another task
+    control: str = "continue"  # continue | pause | drain | exit
+    max_workers_override: int | None = None  # `hpcscale set-max`
+    window: tuple[int, int] | None = None  # a scheduled window's (min, max)
+    breaker: str = "closed"  # closed | open | probe
+
+    @property
+    def all_in_flight(self) -> int:
+        return self.unconfirmed + self.pending + self.starting + self.registered
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    submit: int
+    cancel_pending: int
+    state: PoolState
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+    needed: int = 0
+    in_flight: int = 0
+
+
+def effective_bounds(rules: PoolRules, obs: Observation) -> tuple[int, int]:
+    """(floor, cap) after `set-max` and any scheduled window."""
+    cap = rules.max_workers
+    if obs.max_workers_override is not None:
+        cap = min(cap, obs.max_workers_override)
+    floor = rules.min_workers
+    if obs.window is not None:
+        floor = max(floor, obs.window[0])
+        cap = min(cap, obs.window[1])
+    return min(floor, cap), cap
+
+
+def needed_workers(rules: PoolRules, obs: Observation) -> tuple[int, list[str]]:
+    """Workers the backlog needs to drain within target_drain_time, and the arithmetic."""
+    if obs.claimable <= 0:
+        return 0, ["no claimable tasks"]
+    lifetime = max(1.0, rules.lifetime - STARTUP_SECONDS)
+    per_life = lifetime / obs.est_duration
+    if rules.max_tasks:
+        per_life = min(per_life, rules.max_tasks)
+    work = obs.claimable_slots * obs.est_duration
+    by_drain = math.ceil(work / (rules.slots * max(1.0, rules.target_drain_time)))
+    by_count = math.ceil(obs.claimable_slots / rules.slots)
+    needed = max(1, min(by_drain, by_count))
+    reasons = [
+        f"{obs.claimable} claimable ({obs.claimable_slots} slots) x {obs.est_duration:.3g}s"
+        f" = {work:.0f} slot-s; drain in {rules.target_drain_time:g}s needs {by_drain},"
+        f" at most {by_count} can be busy -> needed {needed}"
+        f" (a worker does ~{rules.slots * per_life:.3g} tasks in its life)"
+    ]
+    return needed, reasons
+
+
+def decide(rules: PoolRules, obs: Observation) -> Decision:
+    floor, cap = effective_bounds(rules, obs)
+    needed, reasons = needed_workers(rules, obs)
+    desired = max(floor, min(needed, cap))
+    if desired != needed:
+        reasons.append(f"desired {desired} (bounds {floor}..{cap})")
+    in_flight = max(
+        0, obs.unconfirmed + obs.pending + obs.starting + obs.registered - obs.leaving_soon
+    )
+    reasons.append(
+        f"in flight {in_flight} = {obs.unconfirmed} unconfirmed + {obs.pending} pending"
+        f" + {obs.starting} starting + {obs.registered} registered - {obs.leaving_soon} leaving"
+    )
+
+    if obs.control in ("drain", "exit"):
+        return Decision(
+            desired,
+            0,
+            obs.pending,
+            PoolState.DRAINING,
+            (*reasons, f"pool is {obs.control}ing: submit nothing, cancel pending"),
+            needed,
+            in_flight,
+        )
+    if obs.control == "pause":
+        return Decision(
+            desired,
+            0,
+            0,
+            PoolState.PAUSED,
+            (*reasons, "pool is paused: submit nothing"),
+            needed,
+            in_flight,
+        )
+
+    limits = {
+        "shortfall": desired - in_flight,
+        "max_submit_per_cycle": rules.max_submit_per_cycle,
+        "max_pending": rules.max_pending - obs.pending - obs.unconfirmed,
+        "max_workers": cap - obs.all_in_flight,
+        "array limit": rules.max_array_size,
+    }
+    submit = max(0, min(limits.values()))
+    if submit < limits["shortfall"]:
+        binding = min(limits, key=lambda k: limits[k])
+        reasons.append(f"submit {submit}: capped by {binding}")
+    elif submit:
+        reasons.append(f"submit {submit} to close the shortfall")
+
+    state = _state(obs, desired, in_flight)
+    if obs.breaker == "open" and submit:
+        reasons.append("breaker open after failed starts: submit nothing until the cooldown")
+        submit, state = 0, PoolState.DEGRADED
+    elif obs.breaker == "open":
+        state = PoolState.DEGRADED
+    elif obs.breaker == "probe":
+        state = PoolState.DEGRADED
+        if submit and obs.unconfirmed + obs.pending + obs.starting == 0:
+            reasons.append("breaker probing after its cooldown: one worker to test the waters")
+            submit = 1
+        elif submit:
+            reasons.append("breaker probing: waiting for the probe worker to start")
+            submit = 0
+
+    cancel = 0
+    if rules.cancel_unneeded_pending and in_flight > desired and obs.pending:
+        cancel = min(obs.pending, in_flight - desired)
+        reasons.append(f"cancel {cancel} pending: the backlog no longer needs them")
+    return Decision(desired, submit, cancel, state, tuple(reasons), needed, in_flight)
+
+
+def _state(obs: Observation, desired: int, in_flight: int) -> PoolState:
+    if obs.claimable == 0 and obs.all_in_flight == 0:
+        return PoolState.IDLE
+    if obs.registered == 0 and desired > 0:
+        return PoolState.WARMING
+    if obs.claimable > 0:
+        return PoolState.BUSY
+    return PoolState.READY
+
+
+def rules_from_pool(pool: PoolConfig, max_array_size: int = 1000) -> PoolRules:
+    """The decision's view of a pool's config (the manager and the simulator both use it)."""
+    wall = pool.slurm.wall_seconds
+    lifetime = min(pool.worker.max_time, wall) if pool.worker.max_time > 0 else wall
+    return PoolRules(
+        min_workers=pool.min_workers,
+        max_workers=pool.max_workers,
+        max_pending=pool.max_pending,
+        max_submit_per_cycle=pool.max_submit_per_cycle,
+        target_drain_time=pool.target_drain_time,
+        slots=pool.worker.slots,
+        max_tasks=pool.worker.max_tasks,
+        lifetime=lifetime,
+        max_array_size=max_array_size,
+        cancel_unneeded_pending=pool.cancel_unneeded_pending,
+    )

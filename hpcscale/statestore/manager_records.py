@@ -1,0 +1,345 @@
+"""The manager's records in the store: its registration, its submissions, its decisions.
+
+They are what lets the manager keep no state of its own (invariant 5): a submission is
+recorded as an intent BEFORE sbatch runs, so a manager that dies or whose sbatch times out
+finds the tag on its next start and reconciles it with the scheduler instead of submitting again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
+
+from hpcscale.errors import InvalidTransition, NotFound
+from hpcscale.models import (
+    OPEN_SUBMISSION_STATES,
+    DecisionRecord,
+    ManagerInfo,
+    ManagerRegistration,
+    PoolHistory,
+    Submission,
+    SubmissionIntent,
+    SubmissionState,
+    SubmissionUpdate,
+    TaskState,
+    WorkerState,
+)
+from hpcscale.statestore.schema import (
+    decisions,
+    events,
+    managers,
+    pools,
+    submissions,
+    tasks,
+    workers,
+)
+
+DECISIONS_KEPT = 500  # per pool; `why` shows the newest
+LIVE = (WorkerState.ACTIVE.value, WorkerState.DRAINING.value)
+
+
+class ManagerRecords:
+    """Mixed into Store; uses its transaction helpers and clock."""
+
+    lease_ttl: float
+    clock: Callable[[], float]
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _events(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ managers
+
+    def register_manager(self, name: str, reg: ManagerRegistration) -> ManagerInfo:
+        """Claim the name for `reg.instance`; refuse while another instance is alive."""
+        now = self.clock()
+        with self._write() as conn:
+            row = conn.execute(select(managers).where(managers.c.name == name)).first()
+            if (
+                row is not None
+                and row.instance != reg.instance
+                and now - row.heartbeat_at < reg.stale_after
+            ):
+                raise InvalidTransition(
+                    f"manager {name!r} is already running on {row.host} (instance "
+                    f"{row.instance}, last seen {now - row.heartbeat_at:.0f}s ago); stop it "
+                    f"first, or wait {reg.stale_after - (now - row.heartbeat_at):.0f}s"
+                )
+            values = {"instance": reg.instance, "host": reg.host, "heartbeat_at": now}
+            if row is None:
+                conn.execute(insert(managers).values(name=name, started_at=now, **values))
+            elif row.instance != reg.instance:
+                conn.execute(
+                    update(managers).where(managers.c.name == name).values(started_at=now, **values)
+                )
+            else:
+                conn.execute(update(managers).where(managers.c.name == name).values(**values))
+            for pool, min_workers in reg.pools.items():
+                changed = conn.execute(
+                    update(pools)
+                    .where(pools.c.name == pool)
+                    .values(manager=name, min_workers=min_workers, updated_at=now)
+                )
+                if changed.rowcount == 0:
+                    conn.execute(
+                        insert(pools).values(
+                            name=pool, manager=name, min_workers=min_workers, updated_at=now
+                        )
+                    )
+            if row is None or row.instance != reg.instance:
+                self._events(
+                    conn,
+                    [{"ts": now, "kind": "manager.started", "detail": f"{name} on {reg.host}"}],
+                )
+        return self.get_manager(name)
+
+    def get_manager(self, name: str) -> ManagerInfo:
+        with self._read() as conn:
+            row = conn.execute(select(managers).where(managers.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"no manager {name!r}")
+        return ManagerInfo(
+            name=row.name,
+            instance=row.instance,
+            host=row.host,
+            started_at=row.started_at,
+            heartbeat_at=row.heartbeat_at,
+        )
+
+    def list_managers(self) -> list[ManagerInfo]:
+        with self._read() as conn:
+            rows = conn.execute(select(managers.c.name)).all()
+        return [self.get_manager(r.name) for r in rows]
+
+    # ------------------------------------------------------------------ submissions
+
+    def record_intent(self, intent: SubmissionIntent) -> Submission:
+        now = self.clock()
+        with self._write() as conn:
+            exists = conn.execute(
+                select(submissions.c.tag).where(submissions.c.tag == intent.tag)
+            ).first()
+            if exists is not None:
+                raise InvalidTransition(f"submission {intent.tag} already recorded")
+            conn.execute(
+                insert(submissions).values(
+                    tag=intent.tag,
+                    manager=intent.manager,
+                    pool=intent.pool,
+                    count=intent.count,
+                    job_ids="[]",
+                    state=SubmissionState.INTENT.value,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            self._events(
+                conn,
+                [
+                    {
+                        "ts": now,
+                        "kind": "submission.intent",
+                        "detail": f"{intent.pool} {intent.tag} x{intent.count}",
+                    }
+                ],
+            )
+        return self.get_submission(intent.tag)
+
+    def update_submission(self, tag: str, change: SubmissionUpdate) -> Submission:
+        now = self.clock()
+        values: dict[str, Any] = {"state": change.state.value, "updated_at": now}
+        if change.job_ids is not None:
+            values["job_ids"] = json.dumps(change.job_ids)
+        if change.count is not None:
+            values["count"] = change.count
+        if change.detail is not None:
+            values["detail"] = change.detail
+        with self._write() as conn:
+            row = conn.execute(
+                select(submissions.c.state, submissions.c.pool).where(submissions.c.tag == tag)
+            ).first()
+            if row is None:
+                raise NotFound(f"no submission {tag}")
+            if SubmissionState(row.state) not in OPEN_SUBMISSION_STATES:
+                raise InvalidTransition(f"submission {tag} is already {row.state}")
+            conn.execute(update(submissions).where(submissions.c.tag == tag).values(**values))
+            detail = f"{row.pool} {tag}" + (f": {change.detail}" if change.detail else "")
+            self._events(
+                conn, [{"ts": now, "kind": f"submission.{change.state.value}", "detail": detail}]
+            )
+        return self.get_submission(tag)
+
+    def get_submission(self, tag: str) -> Submission:
+        with self._read() as conn:
+            row = conn.execute(select(submissions).where(submissions.c.tag == tag)).first()
+        if row is None:
+            raise NotFound(f"no submission {tag}")
+        return _submission(row)
+
+    def list_submissions(
+        self,
+        *,
+        manager: str | None = None,
+        pool: str | None = None,
+        open_only: bool = False,
+        limit: int = 1000,
+    ) -> list[Submission]:
+        query = select(submissions).order_by(submissions.c.created_at.desc()).limit(limit)
+        if manager is not None:
+            query = query.where(submissions.c.manager == manager)
+        if pool is not None:
+            query = query.where(submissions.c.pool == pool)
+        if open_only:
+            query = query.where(submissions.c.state.in_([s.value for s in OPEN_SUBMISSION_STATES]))
+        with self._read() as conn:
+            return [_submission(r) for r in conn.execute(query)]
+
+    # ------------------------------------------------------------------ workers whose job ended
+
+    def worker_gone(self, worker_id: str, reason: str) -> list[int]:
+        """The worker's job ended without it deregistering (killed, node failure, wall time):
+        its tasks go back now, attempt counted (or dead), instead of after the lease TTL."""
+        now = self.clock()
+        with self._write() as conn:
+            row = conn.execute(select(workers.c.state).where(workers.c.id == worker_id)).first()
+            if row is None:
+                raise NotFound(f"no worker {worker_id}")
+            held = conn.execute(
+                select(tasks.c.id, tasks.c.attempts, tasks.c.max_attempts).where(
+                    tasks.c.lease_owner == worker_id, tasks.c.state == TaskState.RUNNING.value
+                )
+            ).all()
+            for task in held:
+                dead = task.attempts >= task.max_attempts
+                conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id == task.id)
+                    .values(
+                        state=(TaskState.DEAD if dead else TaskState.WAITING).value,
+                        lease_owner=None,
+                        lease_expiry=None,
+                        ended_at=now if dead else None,
+                        reason=f"worker lost: {reason}" if dead else None,
+                    )
+                )
+            if row.state in LIVE:
+                conn.execute(
+                    update(workers)
+                    .where(workers.c.id == worker_id)
+                    .values(state=WorkerState.LOST.value, end_reason=reason, busy_slots=0)
+                )
+            self._events(
+                conn,
+                [{"ts": now, "kind": "worker.lost", "worker_id": worker_id, "detail": reason}]
+                + [
+                    {
+                        "ts": now,
+                        "kind": "task.dead" if t.attempts >= t.max_attempts else "task.requeued",
+                        "task_id": t.id,
+                        "worker_id": worker_id,
+                        "detail": f"worker lost: {reason}",
+                    }
+                    for t in held
+                ],
+            )
+        return sorted(t.id for t in held)
+
+    # ------------------------------------------------------------------ history and decisions
+
+    def pool_history(self, pool: str, since: float, limit: int = 50) -> PoolHistory:
+        """Queue waits (submission -> registration) and failed starts since `since`."""
+        with self._read() as conn:
+            waits = conn.execute(
+                select((workers.c.started_at - submissions.c.created_at).label("wait"))
+                .select_from(workers.join(submissions, workers.c.submission == submissions.c.tag))
+                .where(workers.c.pool == pool)
+                .order_by(workers.c.started_at.desc())
+                .limit(limit)
+            ).all()
+            failed = conn.execute(
+                select(events.c.ts)
+                .where(
+                    events.c.kind == "pool.failed_start",
+                    events.c.detail.startswith(pool + " "),
+                    events.c.ts >= since,
+                )
+                .order_by(events.c.ts)
+            ).all()
+            last = conn.execute(
+                select(func.max(workers.c.started_at)).where(
+                    workers.c.pool == pool, workers.c.submission.is_not(None)
+                )
+            ).scalar()
+        return PoolHistory(
+            queue_waits=[max(0.0, float(w.wait)) for w in waits],
+            failed_starts=[float(f.ts) for f in failed],
+            last_registration=float(last) if last is not None else None,
+        )
+
+    def record_decision(self, record: DecisionRecord) -> None:
+        now = self.clock()
+        with self._write() as conn:
+            conn.execute(
+                insert(decisions).values(
+                    ts=record.ts or now,
+                    manager=record.manager,
+                    pool=record.pool,
+                    data=json.dumps(record.data, default=str),
+                )
+            )
+            newest = conn.execute(
+                select(decisions.c.id)
+                .where(decisions.c.pool == record.pool)
+                .order_by(decisions.c.id.desc())
+                .offset(DECISIONS_KEPT)
+                .limit(1)
+            ).first()
+            if newest is not None:
+                conn.execute(
+                    delete(decisions).where(
+                        and_(decisions.c.pool == record.pool, decisions.c.id <= newest.id)
+                    )
+                )
+
+    def list_decisions(self, pool: str, limit: int = 10) -> list[DecisionRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(decisions)
+                .where(decisions.c.pool == pool)
+                .order_by(decisions.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [
+            DecisionRecord(manager=r.manager, pool=r.pool, ts=r.ts, data=json.loads(r.data))
+            for r in reversed(rows)
+        ]
+
+    def submit_seq(self) -> int:
+        """A number that grows with every submit: managers long-poll on it for new work."""
+        with self._read() as conn:
+            value = conn.execute(select(func.max(tasks.c.id))).scalar()
+        return int(value or 0)
+
+
+def _submission(row: Any) -> Submission:
+    return Submission(
+        tag=row.tag,
+        manager=row.manager,
+        pool=row.pool,
+        count=row.count,
+        job_ids=json.loads(row.job_ids),
+        state=SubmissionState(row.state),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        detail=row.detail,
+    )
