@@ -41,6 +41,10 @@ def add_commands(
     p.add_argument("--count", type=int, default=1)
     p.set_defaults(func=cmd_render_script)
 
+    from hpcscale import simulate
+
+    simulate.add_command(sub, common, listing)
+
     p = sub.add_parser(
         "serve", parents=[common], help="statestore API + the manager loops of the config's pools"
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import threading
 import time
@@ -116,21 +117,37 @@ class ComputeManager:
         self.seq = 0
         self.stop = threading.Event()
         self.last: dict[str, Decision] = {}
+        self._registered = False
 
     # ------------------------------------------------------------------ the four operations
 
     def register(self) -> None:
         """Claim the manager's name in the store (refused while another instance lives)."""
+        host = socket.gethostname()
         registration = ManagerRegistration(
             instance=self.instance,
-            host=socket.gethostname(),
+            host=host,
+            pid=os.getpid(),
             pools={p.name: p.min_workers for p in self.settings.pools},
             stale_after=max(90.0, 3 * self.settings.manager.poll_interval),
+            takeover_from=self._dead_predecessor(host),
         )
         self.client.register_manager(self.name, registration)
+        self._registered = True
         if not self.counted_failures:
             for event in self.client.events(kind_prefix="pool.failed_start", limit=1000):
                 self.counted_failures.add((event.detail or "").split(" ")[-1])
+
+    def _dead_predecessor(self, host: str) -> str | None:
+        """The instance to replace at once: ours on this host whose process is gone (a
+        manager killed with -9 and restarted need not wait out the stale period)."""
+        if self._registered:
+            return None
+        for info in self.client.managers():
+            mine = info.name == self.name and info.instance != self.instance
+            if mine and info.host == host and info.pid and not _pid_alive(info.pid):
+                return info.instance
+        return None
 
     def request_claimable(self, pool: PoolConfig, backlog: Sequence[Backlog]) -> Backlog:
         """The claimable work in the pool's queues, summed."""
@@ -541,3 +558,16 @@ def run_manager(
         if stop is not None:
             manager.stop = stop
         return manager.run(once=once)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purpose
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return True

@@ -338,12 +338,18 @@ class ManagerRegistration(_Wire):
         default_factory=dict, description="pool name -> min_workers", max_length=1000
     )
     stale_after: float = Field(default=90.0, gt=0, le=86400)
+    pid: int = Field(default=0, ge=0)
+    takeover_from: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        default=None,
+        description="an instance the caller found dead (same host, its pid gone): replace it now",
+    )
 
 
 class ManagerInfo(_Wire):
     name: str
     instance: str
     host: str
+    pid: int = 0
     started_at: float
     heartbeat_at: float
 

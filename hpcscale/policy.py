@@ -102,6 +102,17 @@ def needed_workers(rules: PoolRules, obs: Observation) -> tuple[int, list[str]]:
     if obs.claimable <= 0:
         return 0, ["no claimable tasks"]
     lifetime = max(1.0, rules.lifetime - STARTUP_SECONDS)
+    # Wall-time edge (fix, tests/test_policy.py::test_lifetime_shorter_than_a_task_*): a worker
+    # whose whole life is shorter than one task can run none of them. The worker refuses to
+    # claim without time left for the task (invariant 6) and ends at once, so submitting it would
+    # only churn jobs through the scheduler every cycle while the backlog never moves. The
+    # min_workers floor (an explicit wish) still applies in decide().
+    if lifetime < obs.est_duration:
+        return 0, [
+            f"{obs.claimable} claimable, but a worker's life ({lifetime:g}s after startup) is"
+            f" shorter than one task ({obs.est_duration:.3g}s): none could finish one -> needed 0"
+            " (raise [pools.slurm] time or [pools.worker] max_time)"
+        ]
     per_life = lifetime / obs.est_duration
     if rules.max_tasks:
         per_life = min(per_life, rules.max_tasks)

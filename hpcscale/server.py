@@ -6,7 +6,9 @@ manager reads backlogs, workers and events and sets pool controls. Every error i
 message that names the problem; nothing the client sends reaches a 500.
 """
 
+import asyncio
 import collections
+import functools
 import logging
 import os
 import stat
@@ -24,7 +26,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic.json_schema import models_json_schema
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
@@ -199,6 +202,47 @@ async def _inline(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return func(*args, **kwargs)
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+class GroupCommit:
+    """Store calls made during one turn of the event loop, run in one SQLite transaction.
+
+    A call is queued and the first one schedules a flush for the loop's next turn, by which
+    time every request whose bytes came in together has been parsed and queued its call too.
+    The flush runs them all through `Store.together` (each in a savepoint, one commit) on the
+    loop's thread, and hands each caller its own result or error. With many workers this turns
+    many small commits, each rewriting the same log pages, into one; with one worker it costs
+    a future and a callback.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+
+    async def __call__(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self.flush)
+        self.pending.append((functools.partial(func, *args, **kwargs), future))
+        return await future
+
+    def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        try:
+            outcomes = self.store.together([call for call, _ in batch])
+        except Exception as exc:  # the commit itself failed: nothing of the group was stored
+            outcomes = [(None, exc)] * len(batch)
+        for (_, future), (value, error) in zip(batch, outcomes, strict=True):
+            if future.done():  # the request was cancelled meanwhile
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+
 _CLAIMED = TypeAdapter(list[ClaimedTask])
 
 
@@ -282,23 +326,26 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     app.state.store = store
     app.state.metrics = metrics
 
+    def authorize(request: Request, allowed: frozenset[Role]) -> TokenInfo:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError("missing bearer token (Authorization: Bearer TOKEN)", 401)
+        info = tokens.verify(token.strip())
+        if info is None:
+            raise AuthError("unknown or revoked token", 401)
+        if info.role not in allowed:
+            need = ", ".join(sorted(r.value for r in allowed))
+            raise AuthError(f"role {info.role.value} may not do this (needs {need})", 403)
+        return info
+
     def caller(*roles: Role) -> Any:
-        allowed = {Role.ADMIN, *roles}
+        allowed = frozenset({Role.ADMIN, *roles})
 
         async def check(request: Request) -> TokenInfo:
             # async: FastAPI would run a plain function in the threadpool, a thread hop per
             # request for what is a dict lookup (the store is asked once per token per 10 s).
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token:
-                raise AuthError("missing bearer token (Authorization: Bearer TOKEN)", 401)
-            info = tokens.verify(token.strip())
-            if info is None:
-                raise AuthError("unknown or revoked token", 401)
-            if info.role not in allowed:
-                need = ", ".join(sorted(r.value for r in allowed))
-                raise AuthError(f"role {info.role.value} may not do this (needs {need})", 403)
-            return info
+            return authorize(request, allowed)
 
         return Depends(check)
 
@@ -319,6 +366,11 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     # under a millisecond, less than a hop to the threadpool and back costs. PostgreSQL runs
     # claims in parallel (SKIP LOCKED) and waits on the network: there they go to threads.
     hot = _inline if store.is_sqlite else run_in_threadpool
+    # Claims and results that arrive in the same turn of the event loop share one SQLite
+    # transaction (a group commit, see GroupCommit).
+    grouped = GroupCommit(store) if store.is_sqlite else run_in_threadpool
+    if os.environ.get("XX_NO_GROUP"):  # TEMP experiment
+        grouped = hot
 
     # -------------------------------------------------------------- error mapping
 
@@ -422,17 +474,46 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     ) -> list[Worker]:
         return store.list_workers(pool, live_only=live, since=since)
 
-    @app.post("/v1/workers/{worker_id}/claim", tags=["workers"], response_model=list[ClaimedTask])
-    async def claim(worker_id: str, body: ClaimRequest, who: WorkerTok) -> Response:
+    # The per-task endpoints, claim, heartbeat and results, take the request itself: FastAPI's
+    # dependency solving and its body parsing (json.loads, then validation of the objects) cost
+    # more than the claim's own SQL. Here the caller is authorized first and the body goes
+    # straight from bytes into the model (pydantic-core's parser); a bad body is the same 422
+    # naming the field. Their body schemas are added to the OpenAPI document by hand (below).
+    worker_roles = frozenset({Role.ADMIN, Role.WORKER})
+
+    async def body_of(request: Request, model: type[M]) -> M:
+        try:
+            return model.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False)) from exc
+
+    @app.post(
+        "/v1/workers/{worker_id}/claim",
+        tags=["workers"],
+        response_model=list[ClaimedTask],
+        openapi_extra=_body_doc(ClaimRequest),
+    )
+    async def claim(worker_id: str, request: Request) -> Response:
+        who = authorize(request, worker_roles)
+        body = await body_of(request, ClaimRequest)
         in_scope(who, body.queues)
-        claimed = await hot(store.claim, worker_id, body.queues, body.max_tasks, body.free_slots)
+        claimed = await grouped(
+            store.claim, worker_id, body.queues, body.max_tasks, body.free_slots
+        )
         if claimed:
             for queue, n in collections.Counter(task.queue for task in claimed).items():
                 metrics.claimed.labels(queue).inc(n)
         return Response(_CLAIMED.dump_json(claimed), media_type="application/json")
 
-    @app.post("/v1/workers/{worker_id}/heartbeat", tags=["workers"], response_model=HeartbeatReply)
-    async def heartbeat(worker_id: str, body: HeartbeatRequest, _who: WorkerTok) -> Response:
+    @app.post(
+        "/v1/workers/{worker_id}/heartbeat",
+        tags=["workers"],
+        response_model=HeartbeatReply,
+        openapi_extra=_body_doc(HeartbeatRequest),
+    )
+    async def heartbeat(worker_id: str, request: Request) -> Response:
+        authorize(request, worker_roles)
+        body = await body_of(request, HeartbeatRequest)
         reply = await hot(store.heartbeat, worker_id, body.running, body.busy_slots)
         return Response(reply.model_dump_json(), media_type="application/json")
 
@@ -441,10 +522,13 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         tags=["workers"],
         response_model=ResultsReply,
         responses={409: {"description": "every result was stale; nothing changed"}},
+        openapi_extra=_body_doc(ResultsRequest),
     )
-    async def results(worker_id: str, body: ResultsRequest, _who: WorkerTok) -> Response:
+    async def results(worker_id: str, request: Request) -> Response:
         """409 when every result is stale (nothing changed); else 200, stale ones marked."""
-        outcomes = await hot(store.results, worker_id, body.results)
+        authorize(request, worker_roles)
+        body = await body_of(request, ResultsRequest)
+        outcomes = await grouped(store.results, worker_id, body.results)
         for outcome, n in collections.Counter(o.outcome for o in outcomes).items():
             metrics.results.labels(outcome).inc(n)
         reply = ResultsReply(outcomes=outcomes)
@@ -567,9 +651,39 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         token = store.create_token(body.role, body.queues, body.name)
         return TokenReply(token=token, role=body.role, queues=body.queues)
 
+    # Starlette tries routes in order: the per-task ones first, as they are most of the load.
+    hot_paths = {f"/v1/workers/{{worker_id}}/{name}" for name in ("claim", "results", "heartbeat")}
+    app.router.routes.sort(key=lambda route: getattr(route, "path", "") not in hot_paths)
+    _document_bodies(app, [ClaimRequest, HeartbeatRequest, ResultsRequest])
+
     app.add_middleware(Timing, histogram=metrics.requests)
     app.add_middleware(BodyLimit, limit=settings.server.max_body_bytes)
     return app
+
+
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a JSON body that an endpoint reads itself (see `body_of`)."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _document_bodies(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Put `models` into the OpenAPI document's components, where `_body_doc` points."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            _, defs = models_json_schema(
+                [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+            )
+            known = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in defs.get("$defs", {}).items():
+                known.setdefault(name, definition)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _reap(store: Store, interval: float, stop: threading.Event) -> None:

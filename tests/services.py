@@ -26,6 +26,7 @@ scheduler = "{scheduler}"
 min_workers = {min_workers}
 max_workers = {max_workers}
 task_duration_prior = "{prior}"
+target_drain_time = "{drain}"
 
 [pools.slurm]
 partition = "debug"
@@ -49,6 +50,7 @@ POOL_DEFAULTS: dict[str, object] = {
     "min_workers": 0,
     "max_workers": 4,
     "prior": "5s",
+    "drain": "10s",
     "time": "00:05:00",
     "signal_margin": "10s",
     "slots": 1,
@@ -71,6 +73,10 @@ class ServerProcess:
     pools: list[dict[str, object]] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    command: str = "server"  # or "serve": the API and the manager loops in one process
+    env: dict[str, str] | None = None
+    poll_interval: str = "2s"
+    extra_manager: str = ""
 
     @property
     def url(self) -> str:
@@ -93,7 +99,9 @@ reaper_interval = "1s"
 
 [manager]
 name = "{self.manager}"
-poll_interval = "2s"
+poll_interval = "{self.poll_interval}"
+state_dir = "{self.root}/manager"
+{self.extra_manager}
 """
         for pool in self.pools:
             values = {**POOL_DEFAULTS, **pool}
@@ -111,9 +119,9 @@ poll_interval = "2s"
             self.write_config()
         log = (self.root / "server.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "hpcscale", "server", "--allow-root",
+            [sys.executable, "-m", "hpcscale", self.command, "--allow-root",
              "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

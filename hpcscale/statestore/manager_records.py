@@ -68,6 +68,7 @@ class ManagerRecords:
             if (
                 row is not None
                 and row.instance != reg.instance
+                and row.instance != reg.takeover_from
                 and now - row.heartbeat_at < reg.stale_after
             ):
                 raise InvalidTransition(
@@ -75,7 +76,12 @@ class ManagerRecords:
                     f"{row.instance}, last seen {now - row.heartbeat_at:.0f}s ago); stop it "
                     f"first, or wait {reg.stale_after - (now - row.heartbeat_at):.0f}s"
                 )
-            values = {"instance": reg.instance, "host": reg.host, "heartbeat_at": now}
+            values = {
+                "instance": reg.instance,
+                "host": reg.host,
+                "pid": reg.pid,
+                "heartbeat_at": now,
+            }
             if row is None:
                 conn.execute(insert(managers).values(name=name, started_at=now, **values))
             elif row.instance != reg.instance:
@@ -112,6 +118,7 @@ class ManagerRecords:
             name=row.name,
             instance=row.instance,
             host=row.host,
+            pid=row.pid,
             started_at=row.started_at,
             heartbeat_at=row.heartbeat_at,
         )

@@ -155,6 +155,7 @@ managers = Table(
     Column("name", String(64), primary_key=True),
     Column("instance", String(64), nullable=False),
     Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False, server_default=text("0")),
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
 )

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -69,6 +69,7 @@ from hpcscale.statestore.manager_records import ManagerRecords
 from hpcscale.statestore.schema import batches, events, meta, pools, tasks, tokens, workers
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 LIVE_WORKER_STATES = (WorkerState.ACTIVE.value, WorkerState.DRAINING.value)
 RECENT_DURATIONS = 100
 # SQLite's write-ahead log is copied back into the database by a thread of the store's own
@@ -231,6 +232,7 @@ class Store(ManagerRecords):
         self.engine = self._make_engine()
         self._sql = _Sql(self.is_sqlite)
         self._checkpointer: _Checkpointer | None = None
+        self._group: tuple[int, _Cursor] | None = None  # (thread, cursor) inside together()
         self._create_or_check_schema()
 
     # ----------------------------------------------------------------- plumbing
@@ -265,6 +267,9 @@ class Store(ManagerRecords):
             with self.engine.begin() as conn:
                 yield conn
             return
+        group = self._group
+        if group is not None and group[0] == threading.get_ident():
+            raise RuntimeError("together() takes only calls that write through _hot()")
         with self._write_lock:
             conn = self._sqlite_writer()
             with conn.begin():
@@ -296,29 +301,77 @@ class Store(ManagerRecords):
         more than SQLite's own work for these small statements (about 25 µs a statement), so
         the per-task calls speak the driver's SQL directly (`_Sql`). Driver errors come out as
         StoreError (503, retried by clients); a PostgreSQL connection that failed is dropped
-        from the pool.
+        from the pool. Inside `together()` it is a savepoint of the group's transaction.
         """
-        if self._write_lock is not None:
-            with self._write_lock:
-                raw: Any = self._sqlite_writer().connection.driver_connection
-                try:
-                    raw.execute("BEGIN IMMEDIATE")
-                except sqlite3.Error as exc:
-                    raise StoreError(f"database error: {exc}") from exc
-                try:
-                    yield raw.cursor()
-                except BaseException as exc:
-                    raw.rollback()
-                    if isinstance(exc, sqlite3.Error):
-                        raise StoreError(f"database error: {exc}") from exc
-                    raise
-                try:
-                    raw.commit()
-                except sqlite3.Error as exc:
-                    raw.rollback()
-                    raise StoreError(f"database error: {exc}") from exc
-            self._wrote()
+        if self._write_lock is None:
+            with self._pg_transaction() as cursor:
+                yield cursor
             return
+        group = self._group
+        if group is not None and group[0] == threading.get_ident():
+            with self._savepoint(group[1]) as cursor:
+                yield cursor
+            return
+        with self._write_lock, self._sqlite_transaction() as cursor:
+            yield cursor
+
+    def together(self, calls: Sequence[Callable[[], T]]) -> list[tuple[T | None, Exception | None]]:
+        """Run store calls in one SQLite transaction, each in a savepoint of its own: a group
+        commit. Each gets its own (result, None) or (None, error); an error undoes only its
+        own call. One commit (one lock, one write of the log's shared pages) serves them all.
+
+        For the calls that use `_hot` (claim, results). On PostgreSQL, which commits
+        concurrent transactions in parallel anyway, each call is its own transaction.
+        """
+        if self._write_lock is None:
+            return [_attempt(call) for call in calls]
+        out: list[tuple[T | None, Exception | None]] = []
+        with self._write_lock, self._sqlite_transaction() as cursor:
+            self._group = (threading.get_ident(), cursor)
+            try:
+                out.extend(_attempt(call) for call in calls)
+            finally:
+                self._group = None
+        return out
+
+    @contextmanager
+    def _sqlite_transaction(self) -> Iterator[_Cursor]:
+        """BEGIN IMMEDIATE ... COMMIT on SQLite's writing connection; call under the lock."""
+        raw: Any = self._sqlite_writer().connection.driver_connection
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {exc}") from exc
+        try:
+            yield raw.cursor()
+        except BaseException as exc:
+            raw.rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"database error: {exc}") from exc
+            raise
+        try:
+            raw.commit()
+        except sqlite3.Error as exc:
+            raw.rollback()
+            raise StoreError(f"database error: {exc}") from exc
+        self._wrote()
+
+    @staticmethod
+    @contextmanager
+    def _savepoint(cursor: _Cursor) -> Iterator[_Cursor]:
+        cursor.execute("SAVEPOINT hot")
+        try:
+            yield cursor
+        except BaseException as exc:
+            cursor.execute("ROLLBACK TO hot")
+            cursor.execute("RELEASE hot")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"database error: {exc}") from exc
+            raise
+        cursor.execute("RELEASE hot")
+
+    @contextmanager
+    def _pg_transaction(self) -> Iterator[_Cursor]:
         import psycopg
 
         fairy = self.engine.raw_connection()
@@ -1118,6 +1171,13 @@ class Store(ManagerRecords):
                 ).first()
                 is not None
             )
+
+
+def _attempt(call: Callable[[], T]) -> tuple[T | None, Exception | None]:
+    try:
+        return call(), None
+    except Exception as exc:
+        return None, exc
 
 
 def digest(token: str) -> str:
