@@ -41,6 +41,15 @@ def add_commands(
     p.add_argument("--count", type=int, default=1)
     p.set_defaults(func=cmd_render_script)
 
+    p = sub.add_parser(
+        "demo",
+        parents=[listing],
+        help="the whole loop on this machine: embedded store, local workers",
+    )
+    p.add_argument("--tasks", type=int, default=40, help="tasks in the burst")
+    p.add_argument("--max-workers", type=int, default=4, help="the pool's cap")
+    p.set_defaults(func=cmd_demo)
+
     from hpcscale import simulate
 
     simulate.add_command(sub, common, listing)
@@ -217,3 +226,12 @@ def cmd_set_max(args: argparse.Namespace) -> int:
     effective = min(pool.max_workers, args.max)
     print(f"pool {info.name}: max workers {effective} (config max_workers {pool.max_workers})")
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hpcscale.demo import run_demo
+
+    if args.tasks < 1 or args.max_workers < 1:
+        raise ConfigError(["demo: --tasks and --max-workers must be ≥ 1"])
+    summary = run_demo(args.tasks, args.max_workers, as_json=args.json)
+    return 0 if summary.succeeded == summary.tasks else 1

@@ -260,8 +260,13 @@ class Client:
         leases: Sequence[Lease] | None = None,
         reason: str = "released",
         retry_for: float | None = None,
+        attempt_used: bool = False,
     ) -> list[int]:
-        body = ReleaseRequest(leases=list(leases) if leases is not None else None, reason=reason)
+        body = ReleaseRequest(
+            leases=list(leases) if leases is not None else None,
+            reason=reason,
+            attempt_used=attempt_used,
+        )
         raw = self._request(
             "POST", f"/v1/workers/{worker_id}/release", body=body, retry_for=retry_for
         )

@@ -164,6 +164,11 @@ class ReleaseRequest(_Wire):
 
     leases: list[Lease] | None = Field(default=None, max_length=MAX_BATCH)
     reason: Text = "released"
+    attempt_used: bool = Field(
+        default=False,
+        description="count the attempt (a run cut short by the wall time): a task too long for "
+        "any worker then ends `dead` instead of being retried forever",
+    )
 
 
 class ReleaseReply(_Wire):
@@ -212,6 +217,7 @@ class Worker(_Wire):
     tasks_done: int
     busy_slots: int
     end_reason: str | None
+    ended_at: float | None = None
 
 
 class Control(StrEnum):

@@ -544,7 +544,8 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
 
     @app.post("/v1/workers/{worker_id}/release", tags=["workers"])
     def release(worker_id: str, body: ReleaseRequest, _who: WorkerTok) -> ReleaseReply:
-        return ReleaseReply(released=store.release(worker_id, body.leases, body.reason))
+        released = store.release(worker_id, body.leases, body.reason, body.attempt_used)
+        return ReleaseReply(released=released)
 
     @app.post("/v1/workers/{worker_id}/deregister", tags=["workers"])
     def deregister(worker_id: str, body: DeregisterRequest, _who: WorkerTok) -> ReleaseReply:

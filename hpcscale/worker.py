@@ -297,8 +297,9 @@ class Worker:
                 if reason is None:
                     self.state.empty_claims = 0
             if self.runs and must_abandon(reason, self.state, now):
-                self._release_all(reason or "walltime")
-                return reason or "walltime"
+                why = reason if reason in ("signal", "exit", "unreachable") else "walltime"
+                self._release_all(why)
+                return why
             if reason is not None:
                 if not self.runs:
                     return reason
@@ -486,7 +487,11 @@ class Worker:
         if not leases:
             return
         try:
-            released = self.client.release(self.worker_id, leases, reason, retry_for=5.0)
+            # Cut short by the wall time: the attempt counts, so a task too long for any
+            # worker ends `dead` instead of coming back forever. Any other stop does not count.
+            released = self.client.release(
+                self.worker_id, leases, reason, retry_for=5.0, attempt_used=reason == "walltime"
+            )
             log.info("released tasks %s", released)
         except HpcscaleError as exc:
             log.warning("could not release %s (%s); the lease TTL will", leases, exc)

@@ -309,3 +309,14 @@ def test_concurrent_claimers_never_share_a_task(make_store: Callable[..., Store]
     for thread in threads:
         thread.join()
     assert sorted(claimed) == ids
+
+
+def test_release_cut_by_the_wall_time_counts_the_attempt(store: Store) -> None:
+    """A task longer than any worker's life must end `dead`, not come back forever."""
+    (tid,), _ = store.submit([spec(max_attempts=2)])
+    w = worker(store)
+    for expected in (TaskState.WAITING, TaskState.DEAD):
+        lease = store.claim(w, ["default"], 1, 1)[0]
+        store.release(w, [Lease(task_id=tid, fence=lease.fence)], "walltime", attempt_used=True)
+        assert store.get_task(tid).state == expected
+    assert store.get_task(tid).attempts == 2

@@ -243,7 +243,9 @@ class ManagerRecords:
                 conn.execute(
                     update(workers)
                     .where(workers.c.id == worker_id)
-                    .values(state=WorkerState.LOST.value, end_reason=reason, busy_slots=0)
+                    .values(
+                        state=WorkerState.LOST.value, end_reason=reason, busy_slots=0, ended_at=now
+                    )
                 )
             self._events(
                 conn,

@@ -91,6 +91,7 @@ workers = Table(
     Column("tasks_done", Integer, nullable=False, server_default=text("0")),
     Column("busy_slots", Integer, nullable=False, server_default=text("0")),
     Column("end_reason", Text),
+    Column("ended_at", Float),
 )
 Index("ix_workers_pool_state", workers.c.pool, workers.c.state)
 Index("ix_workers_state_heartbeat", workers.c.state, workers.c.last_heartbeat)

@@ -659,14 +659,23 @@ class Store(ManagerRecords):
         return outcomes
 
     def release(
-        self, worker_id: str, leases: Sequence[Lease] | None = None, reason: str = "released"
+        self,
+        worker_id: str,
+        leases: Sequence[Lease] | None = None,
+        reason: str = "released",
+        attempt_used: bool = False,
     ) -> list[int]:
-        """Give tasks back to `waiting` without using up their attempt."""
+        """Give tasks back to `waiting` without using up their attempt (unless `attempt_used`)."""
         with self._write() as conn:
-            return self._release(conn, worker_id, leases, reason)
+            return self._release(conn, worker_id, leases, reason, attempt_used)
 
     def _release(
-        self, conn: Connection, worker_id: str, leases: Sequence[Lease] | None, reason: str
+        self,
+        conn: Connection,
+        worker_id: str,
+        leases: Sequence[Lease] | None,
+        reason: str,
+        attempt_used: bool = False,
     ) -> list[int]:
         now = self.clock()
         cond = and_(tasks.c.lease_owner == worker_id, tasks.c.state == TaskState.RUNNING.value)
@@ -682,6 +691,8 @@ class Store(ManagerRecords):
                     ]
                 ),
             )
+        if attempt_used:
+            return self._requeue_counted(conn, worker_id, cond, reason, now)
         released = [
             int(r.id)
             for r in conn.execute(
@@ -710,6 +721,41 @@ class Store(ManagerRecords):
             ],
         )
         return sorted(released)
+
+    def _requeue_counted(
+        self, conn: Connection, worker_id: str, cond: Any, reason: str, now: float
+    ) -> list[int]:
+        """Back to `waiting` with the attempt counted, or `dead` on the last one."""
+        rows = conn.execute(select(tasks.c.id, tasks.c.attempts, tasks.c.max_attempts).where(cond))
+        done = []
+        for row in rows.all():
+            dead = row.attempts >= row.max_attempts
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.id == row.id)
+                .values(
+                    state=(TaskState.DEAD if dead else TaskState.WAITING).value,
+                    lease_owner=None,
+                    lease_expiry=None,
+                    ended_at=now if dead else None,
+                    reason=f"{reason} on the last attempt" if dead else None,
+                )
+            )
+            kind = "task.dead" if dead else "task.requeued"
+            self._events(
+                conn,
+                [
+                    {
+                        "ts": now,
+                        "kind": kind,
+                        "task_id": row.id,
+                        "worker_id": worker_id,
+                        "detail": reason,
+                    }
+                ],
+            )
+            done.append(int(row.id))
+        return sorted(done)
 
     def cancel(self, ids: Sequence[int]) -> list[int]:
         """Cancel tasks that have not ended; a running one's lease goes stale at once."""
@@ -808,7 +854,11 @@ class Store(ManagerRecords):
                         workers.c.state.in_(LIVE_WORKER_STATES),
                         workers.c.last_heartbeat < now - self.lease_ttl,
                     )
-                    .values(state=WorkerState.LOST.value, end_reason="missed heartbeats")
+                    .values(
+                        state=WorkerState.LOST.value,
+                        end_reason="missed heartbeats",
+                        ended_at=workers.c.last_heartbeat,
+                    )
                     .returning(workers.c.id)
                 )
             ]
@@ -961,7 +1011,7 @@ class Store(ManagerRecords):
                 conn.execute(
                     update(workers)
                     .where(workers.c.id == worker_id)
-                    .values(state=WorkerState.ACTIVE.value, end_reason=None)
+                    .values(state=WorkerState.ACTIVE.value, end_reason=None, ended_at=None)
                 )
                 self._events(
                     conn,
@@ -1027,7 +1077,9 @@ class Store(ManagerRecords):
             conn.execute(
                 update(workers)
                 .where(workers.c.id == worker_id)
-                .values(state=WorkerState.ENDED.value, end_reason=reason, busy_slots=0)
+                .values(
+                    state=WorkerState.ENDED.value, end_reason=reason, busy_slots=0, ended_at=now
+                )
             )
             self._events(
                 conn,
@@ -1226,6 +1278,7 @@ def _worker(row: Any) -> Worker:
         tasks_done=row.tasks_done,
         busy_slots=row.busy_slots,
         end_reason=row.end_reason,
+        ended_at=row.ended_at,
     )
 
 
