@@ -96,7 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", type=int, default=None, help="only this task's events")
     p.set_defaults(func=cmd_events)
 
-    p = sub.add_parser("status", parents=[common, listing], help="backlog per queue, workers")
+    p = sub.add_parser(
+        "status",
+        parents=[common, listing],
+        help="backlog per queue, pools and their state, live workers",
+    )
+    p.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        default=0.0,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2)",
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("token", parents=[common], help="manage API tokens")
@@ -287,23 +300,27 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with make_client(args) as client:
-        backlog = client.backlog()
-        workers = client.list_workers(live=True)
-    data = {"queues": backlog, "workers": workers}
+    import time
 
-    def text() -> str:
-        parts = [
-            "QUEUES",
-            display.backlog_table(backlog) if backlog else "  nothing claimable",
-            "",
-            "WORKERS",
-            display.workers_table(workers) if workers else "  none live",
-        ]
-        return "\n".join(parts)
+    settings = load_settings(args)
+    with make_client(args, settings) as client:
+        while True:
+            data = status_data(client)
+            if args.watch and not args.json:
+                print("\033[2J\033[H", end="")
+            emit(args, data, lambda data=data: display.status_text(data))  # type: ignore[misc]
+            if not args.watch:
+                return 0
+            time.sleep(args.watch)
 
-    emit(args, data, text)
-    return 0
+
+def status_data(client: Any) -> dict[str, Any]:
+    pools = client.pools()
+    return {
+        "queues": client.backlog(),
+        "pools": [{"pool": p, "last": (client.decisions(p.name, 1) or [None])[-1]} for p in pools],
+        "workers": client.list_workers(live=True),
+    }
 
 
 def cmd_token(args: argparse.Namespace) -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from hpcscale.models import Backlog, DecisionRecord, Event, Task, Worker
+from hpcscale.models import Backlog, DecisionRecord, Event, PoolInfo, Task, Worker
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -134,3 +135,60 @@ def decisions_text(records: Sequence[DecisionRecord]) -> str:
         lines = [f"    - {r}" for r in reasons] if isinstance(reasons, list) else []
         blocks.append("\n".join([head, *lines]))
     return "\n".join(blocks)
+
+
+def pools_table(pools: Sequence[dict[str, Any]]) -> str:
+    rows = []
+    for entry in pools:
+        info: PoolInfo = entry["pool"]
+        last: DecisionRecord | None = entry["last"]
+        data = last.data if last else {}
+        obs = data.get("observation")
+        obs = obs if isinstance(obs, dict) else {}
+        rows.append(
+            [
+                info.name,
+                data.get("state", "-"),
+                info.control.value,
+                obs.get("breaker", "-"),
+                data.get("desired", "-"),
+                data.get("in_flight", "-"),
+                obs.get("pending", "-"),
+                obs.get("starting", "-"),
+                obs.get("registered", "-"),
+                info.max_workers_override if info.max_workers_override is not None else "-",
+                ago(max(0.0, time.time() - last.ts)) if last else "-",
+            ]
+        )
+    return table(
+        [
+            "POOL",
+            "STATE",
+            "CONTROL",
+            "BREAKER",
+            "DESIRED",
+            "IN FLIGHT",
+            "PENDING",
+            "STARTING",
+            "REGISTERED",
+            "SET-MAX",
+            "DECIDED",
+        ],
+        rows,
+    )
+
+
+def status_text(data: dict[str, Any]) -> str:
+    backlog, pools, workers = data["queues"], data["pools"], data["workers"]
+    return "\n".join(
+        [
+            "QUEUES",
+            backlog_table(backlog) if backlog else "  nothing claimable",
+            "",
+            "POOLS",
+            pools_table(pools) if pools else "  no pool has registered yet",
+            "",
+            "WORKERS",
+            workers_table(workers) if workers else "  none live",
+        ]
+    )

@@ -118,6 +118,8 @@ class ComputeManager:
         self.stop = threading.Event()
         self.last: dict[str, Decision] = {}
         self._registered = False
+        self.cycle_started = time.monotonic()
+        self.scheduler_seconds = 0.0
 
     # ------------------------------------------------------------------ the four operations
 
@@ -256,11 +258,14 @@ class ComputeManager:
     def cycle(self) -> CycleResult:
         """One pass over every pool. Errors of one pool do not stop the others."""
         result = CycleResult({}, {}, {})
+        self.cycle_started = time.monotonic()
         self.register()
         backlog = self.client.backlog()
         submissions = self.client.submissions(manager=self.name, open_only=True)
         pools = {p.name: p for p in self.client.pools()}
+        asked = time.monotonic()
         elements, unreadable = self._elements()
+        self.scheduler_seconds = time.monotonic() - asked
         for pool in self.settings.pools:
             try:
                 if pool.scheduler in unreadable:
@@ -469,7 +474,13 @@ class ComputeManager:
         reasons: list[str],
         extra: dict[str, object] | None = None,
     ) -> None:
-        data: dict[str, object] = {"reasons": reasons, "observation": obs, **(extra or {})}
+        data: dict[str, object] = {
+            "reasons": reasons,
+            "observation": obs,
+            "cycle_seconds": round(time.monotonic() - self.cycle_started, 4),
+            "scheduler_seconds": round(self.scheduler_seconds, 4),
+            **(extra or {}),
+        }
         if decision is not None:
             data.update(
                 desired=decision.desired,

@@ -30,6 +30,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute, Match, Route
 
 from hpcscale import __version__
 from hpcscale.config import Settings
@@ -81,6 +82,7 @@ from hpcscale.models import (
     WorkerGone,
     WorkerRegistration,
 )
+from hpcscale.pool_metrics import PoolCollector
 from hpcscale.statestore import Store
 
 log = logging.getLogger("hpcscale.server")
@@ -203,6 +205,7 @@ async def _inline(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 
 
 M = TypeVar("M", bound=BaseModel)
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class GroupCommit:
@@ -290,6 +293,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(StoreCollector(store))
+        self.registry.register(PoolCollector(store))
 
 
 def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> FastAPI:
@@ -474,12 +478,33 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     ) -> list[Worker]:
         return store.list_workers(pool, live_only=live, since=since)
 
-    # The per-task endpoints, claim, heartbeat and results, take the request itself: FastAPI's
-    # dependency solving and its body parsing (json.loads, then validation of the objects) cost
-    # more than the claim's own SQL. Here the caller is authorized first and the body goes
-    # straight from bytes into the model (pydantic-core's parser); a bad body is the same 422
-    # naming the field. Their body schemas are added to the OpenAPI document by hand (below).
+    # The per-task endpoints, claim, heartbeat and results, are most of the load. FastAPI's
+    # per-request work (dependency solving, json.loads and then validating the objects, checking
+    # the reply against its model) costs more than their SQL, so they are plain Starlette routes
+    # tried before all others: the endpoint authorizes the caller itself (the same check as every
+    # other endpoint's), then validates the body straight from bytes (pydantic-core's parser; a
+    # bad body is the same 422 naming the field), and answers with bytes serialized once. The
+    # same endpoints are also FastAPI routes, never reached, so that OpenAPI documents them.
     worker_roles = frozenset({Role.ADMIN, Role.WORKER})
+    plain_routes: list[BaseRoute] = []
+
+    def per_task(
+        path: str, body: type[BaseModel], reply: Any, **extra: Any
+    ) -> Callable[[Endpoint], Endpoint]:
+        def register(endpoint: Endpoint) -> Endpoint:
+            app.add_api_route(
+                path,
+                endpoint,
+                methods=["POST"],
+                tags=["workers"],
+                response_model=reply,
+                openapi_extra=_body_doc(body, path_params=["worker_id"]),
+                **extra,
+            )
+            plain_routes.append(_PlainRoute(path, endpoint, methods=["POST"]))
+            return endpoint
+
+        return register
 
     async def body_of(request: Request, model: type[M]) -> M:
         try:
@@ -487,13 +512,9 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from exc
 
-    @app.post(
-        "/v1/workers/{worker_id}/claim",
-        tags=["workers"],
-        response_model=list[ClaimedTask],
-        openapi_extra=_body_doc(ClaimRequest),
-    )
-    async def claim(worker_id: str, request: Request) -> Response:
+    @per_task("/v1/workers/{worker_id}/claim", ClaimRequest, list[ClaimedTask])
+    async def claim(request: Request) -> Response:
+        worker_id: str = request.path_params["worker_id"]
         who = authorize(request, worker_roles)
         body = await body_of(request, ClaimRequest)
         in_scope(who, body.queues)
@@ -505,27 +526,23 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
                 metrics.claimed.labels(queue).inc(n)
         return Response(_CLAIMED.dump_json(claimed), media_type="application/json")
 
-    @app.post(
-        "/v1/workers/{worker_id}/heartbeat",
-        tags=["workers"],
-        response_model=HeartbeatReply,
-        openapi_extra=_body_doc(HeartbeatRequest),
-    )
-    async def heartbeat(worker_id: str, request: Request) -> Response:
+    @per_task("/v1/workers/{worker_id}/heartbeat", HeartbeatRequest, HeartbeatReply)
+    async def heartbeat(request: Request) -> Response:
+        worker_id: str = request.path_params["worker_id"]
         authorize(request, worker_roles)
         body = await body_of(request, HeartbeatRequest)
         reply = await hot(store.heartbeat, worker_id, body.running, body.busy_slots)
         return Response(reply.model_dump_json(), media_type="application/json")
 
-    @app.post(
+    @per_task(
         "/v1/workers/{worker_id}/results",
-        tags=["workers"],
-        response_model=ResultsReply,
+        ResultsRequest,
+        ResultsReply,
         responses={409: {"description": "every result was stale; nothing changed"}},
-        openapi_extra=_body_doc(ResultsRequest),
     )
-    async def results(worker_id: str, request: Request) -> Response:
+    async def results(request: Request) -> Response:
         """409 when every result is stale (nothing changed); else 200, stale ones marked."""
+        worker_id: str = request.path_params["worker_id"]
         authorize(request, worker_roles)
         body = await body_of(request, ResultsRequest)
         outcomes = await grouped(store.results, worker_id, body.results)
@@ -652,9 +669,7 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         token = store.create_token(body.role, body.queues, body.name)
         return TokenReply(token=token, role=body.role, queues=body.queues)
 
-    # Starlette tries routes in order: the per-task ones first, as they are most of the load.
-    hot_paths = {f"/v1/workers/{{worker_id}}/{name}" for name in ("claim", "results", "heartbeat")}
-    app.router.routes.sort(key=lambda route: getattr(route, "path", "") not in hot_paths)
+    app.router.routes[:0] = plain_routes  # tried first, in front of their FastAPI twins
     _document_bodies(app, [ClaimRequest, HeartbeatRequest, ResultsRequest])
 
     app.add_middleware(Timing, histogram=metrics.requests)
@@ -662,10 +677,26 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     return app
 
 
-def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI for a JSON body that an endpoint reads itself (see `body_of`)."""
+class _PlainRoute(Route):
+    """A Starlette route that, like FastAPI's, names itself in the scope (for `Timing`)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match != Match.NONE:
+            child["route"] = self
+        return match, child
+
+
+def _body_doc(model: type[BaseModel], path_params: list[str]) -> dict[str, Any]:
+    """OpenAPI for an endpoint that reads its path parameters and JSON body itself."""
     schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    return {
+        "parameters": [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in path_params
+        ],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+    }
 
 
 def _document_bodies(app: FastAPI, models: list[type[BaseModel]]) -> None:

@@ -352,3 +352,44 @@ def _submission(row: Any) -> Submission:
         updated_at=row.updated_at,
         detail=row.detail,
     )
+
+
+class PoolTotals:
+    """Counters per pool for /metrics, derived from the records (no state in the server)."""
+
+    def __init__(self, submissions: int, elements: int, failed_starts: int) -> None:
+        self.submissions = submissions
+        self.elements = elements
+        self.failed_starts = failed_starts
+
+
+def latest_decisions(records: ManagerRecords) -> list[DecisionRecord]:
+    """The newest decision of every pool."""
+    with records._read() as conn:
+        newest = select(func.max(decisions.c.id).label("id")).group_by(decisions.c.pool).subquery()
+        rows = conn.execute(select(decisions).join(newest, decisions.c.id == newest.c.id)).all()
+    return [
+        DecisionRecord(manager=r.manager, pool=r.pool, ts=r.ts, data=json.loads(r.data))
+        for r in rows
+    ]
+
+
+def pool_totals(records: ManagerRecords) -> dict[str, PoolTotals]:
+    with records._read() as conn:
+        subs = conn.execute(
+            select(
+                submissions.c.pool,
+                func.count().label("n"),
+                func.sum(submissions.c.count).label("elements"),
+            )
+            .where(submissions.c.state != SubmissionState.FAILED.value)
+            .group_by(submissions.c.pool)
+        ).all()
+        failures = conn.execute(
+            select(events.c.detail).where(events.c.kind == "pool.failed_start")
+        ).all()
+    totals = {r.pool: PoolTotals(int(r.n), int(r.elements or 0), 0) for r in subs}
+    for row in failures:
+        pool = (row.detail or "").split(" ")[0]
+        totals.setdefault(pool, PoolTotals(0, 0, 0)).failed_starts += 1
+    return totals
