@@ -172,8 +172,11 @@ exec {real.stdout.strip()} "$@"
     start(serve, max_workers=2, max_pending=2)
     ids = submit(serve, 6, ["sleep", "1"])
     with serve.admin() as admin:
-        last_state = lambda: admin.decisions("cpu", 1)[-1].data.get("state")  # noqa: E731
-        wait_for("the breaker to open", lambda: last_state() == "degraded", 90)
+
+        def degraded() -> bool:
+            return admin.decisions("cpu", 1)[-1].data.get("state") == "degraded"
+
+        wait_for("the breaker to open", degraded, 90)
         assert len(admin.events(kind_prefix="pool.failed_start", limit=100)) >= 3
         broken.unlink()
         wait_for("all tasks to succeed after the probe", lambda: all_succeeded(serve, ids), 120)
