@@ -370,6 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `hpcscale tasks | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -127,8 +127,9 @@ def worker_argv(
         "--heartbeat-interval", _seconds(worker.heartbeat_interval),
         "--claim-margin", _seconds(worker.claim_margin),
         "--task-duration-prior", _seconds(pool.task_duration_prior),
+        "--unreachable-timeout", _seconds(worker.unreachable_timeout),
         "--queues", ",".join(pool.queues),
-    ]  # fmt: skip
+    ] + (["--output-dir", worker.output_dir] if worker.output_dir else [])  # fmt: skip
 
 
 def render(

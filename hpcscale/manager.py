@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import threading
 import time
@@ -51,7 +52,14 @@ from hpcscale.models import (
     SubmissionUpdate,
     Worker,
 )
-from hpcscale.policy import Decision, Observation, PoolRules, decide, rules_from_pool
+from hpcscale.policy import (
+    Decision,
+    Observation,
+    PoolRules,
+    decide,
+    effective_bounds,
+    rules_from_pool,
+)
 from hpcscale.schedulers import (
     NORMAL_END,
     ElementState,
@@ -345,7 +353,12 @@ class ComputeManager:
             decision,
             asdict(obs),
             list(decision.reasons),
-            extra={"queue_wait": wait, "idle": view.idle, "busy": view.busy},
+            extra={
+                "queue_wait": wait,
+                "idle": view.idle,
+                "busy": view.busy,
+                "cap": effective_bounds(rules, obs)[1],
+            },
         )
         self.last[pool.name] = decision
         return decision
@@ -568,6 +581,10 @@ def run_manager(
         manager = ComputeManager(settings, client, dry_run=dry_run)
         if stop is not None:
             manager.stop = stop
+        elif threading.current_thread() is threading.main_thread():
+            # `systemctl stop`: finish the cycle under way, then leave (nothing to save).
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda _s, _f: manager.stop.set())
         return manager.run(once=once)
 
 

@@ -22,6 +22,7 @@ GAUGES = {
         ("observation", "claimable"),
     ),
     "hpcscale_pool_desired_workers": ("Workers the policy wants", ("desired",)),
+    "hpcscale_pool_max_workers": ("The pool's cap after set-max", ("cap",)),
     "hpcscale_pool_in_flight_workers": ("Workers in flight (policy's count)", ("in_flight",)),
     "hpcscale_pool_submitted_last_cycle": ("Workers submitted in the last cycle", ("submit",)),
     "hpcscale_pool_est_task_seconds": ("Estimated task duration", ("observation", "est_duration")),
@@ -79,7 +80,9 @@ class PoolCollector(Collector):
         yield from families.values()
         yield from (workers, state, breaker)
         submitted = CounterMetricFamily(
-            "hpcscale_pool_submitted_workers", "Workers submitted (array elements)", labels=["pool"]
+            "hpcscale_pool_submitted_workers",
+            "Workers asked of the scheduler (array elements, refused ones included)",
+            labels=["pool"],
         )
         failed = CounterMetricFamily(
             "hpcscale_pool_failed_starts", "Workers that failed to start", labels=["pool"]

@@ -793,9 +793,60 @@ def build_uvicorn(app: FastAPI, settings: Settings) -> Any:
         app,
         host=host,
         port=port,
+        http=_http_protocol(),
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
         **tls,
     )
     return uvicorn.Server(config)
+
+
+def _http_protocol() -> Any:
+    """uvicorn's httptools protocol, with each response leaving in one write (_OneWrite)."""
+    if os.environ.get("XX_PLAIN_HTTP"):  # TEMP experiment
+        return "auto"
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # no httptools: uvicorn's own choice
+        return "auto"
+
+    class OneWriteHttpTools(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(_OneWrite(transport, self.loop))  # type: ignore[arg-type]
+
+    return OneWriteHttpTools
+
+
+class _OneWrite:
+    """A transport whose writes made in one turn of the event loop leave in one send().
+
+    uvicorn writes a response's head and its body separately; on a keep-alive connection each
+    write is a send() that the kernel delivers and wakes the client for. Joined, a small JSON
+    answer costs one send, one segment and one wake-up instead of two (about a tenth of a
+    claim's server time). Everything but write and close goes to the real transport.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

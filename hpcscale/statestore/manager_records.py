@@ -381,9 +381,7 @@ def pool_totals(records: ManagerRecords) -> dict[str, PoolTotals]:
                 submissions.c.pool,
                 func.count().label("n"),
                 func.sum(submissions.c.count).label("elements"),
-            )
-            .where(submissions.c.state != SubmissionState.FAILED.value)
-            .group_by(submissions.c.pool)
+            ).group_by(submissions.c.pool)
         ).all()
         failures = conn.execute(
             select(events.c.detail).where(events.c.kind == "pool.failed_start")
