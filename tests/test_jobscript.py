@@ -104,6 +104,8 @@ def test_render_slurm_script_and_argv(tmp_path: Path) -> None:
         "--empty-claim-sleep": "5",
         "--heartbeat-interval": "30",
         "--claim-margin": "30",
+        "--task-duration-prior": "300",
+        "--unreachable-timeout": "600",
         "--queues": "default,big",
     }
     assert job.sbatch_argv == [
