@@ -16,7 +16,6 @@ cooldown and closed by the first worker that registers.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import socket
@@ -56,8 +55,10 @@ from hpcscale.policy import (
     Decision,
     Observation,
     PoolRules,
+    breaker_state,
     decide,
     effective_bounds,
+    leaving_soon,
     rules_from_pool,
 )
 from hpcscale.schedulers import (
@@ -72,7 +73,6 @@ from hpcscale.server import write_secret
 log = logging.getLogger("hpcscale.manager")
 
 INTENT_TIMEOUT = 180.0  # an intent the scheduler never showed by then did not happen
-LEAVING_MARGIN = 30.0
 HISTORY_WINDOW = 3600.0
 
 
@@ -211,8 +211,11 @@ class ComputeManager:
                         view.busy += 1
                     else:
                         view.idle += 1
-                    left = (worker.expected_end or math.inf) - now
-                    if worker.state.value == "draining" or left < est_duration + LEAVING_MARGIN:
+                    if leaving_soon(
+                        now, worker.expected_end, worker.state.value == "draining",
+                        worker.tasks_done + worker.busy_slots, pool.worker.max_tasks,
+                        est_duration,
+                    ):  # fmt: skip
                         view.leaving_soon += 1
                 else:
                     first = self.first_running.setdefault(element.element_id, now)
@@ -397,12 +400,10 @@ class ComputeManager:
     def _breaker(
         self, failures: Sequence[float], last_registration: float | None, now: float
     ) -> str:
-        """closed | open | probe, from failed starts since the last worker that registered."""
         cfg = self.settings.manager
-        recent = [t for t in failures if t > (last_registration or 0.0)]
-        if len(recent) < cfg.breaker_failures:
-            return "closed"
-        return "open" if now - recent[-1] < cfg.breaker_cooldown else "probe"
+        return breaker_state(
+            failures, last_registration, now, cfg.breaker_failures, cfg.breaker_cooldown
+        )
 
     def _reconcile(
         self, sub: Submission, elements: list[ElementStatus], view: PoolView, now: float

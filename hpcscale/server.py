@@ -173,6 +173,7 @@ class Timing:
     def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
         self.app = app
         self.histogram = histogram
+        self.children: dict[tuple[str, str, int], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -191,9 +192,11 @@ class Timing:
             await self.app(scope, receive, timed_send)
         finally:
             route = scope.get("route")
-            self.histogram.labels(
-                scope["method"], getattr(route, "path", "unmatched"), str(status)
-            ).observe(time.perf_counter() - started)
+            key = (scope["method"], getattr(route, "path", "unmatched"), status)
+            child = self.children.get(key)
+            if child is None:  # labels() validates and locks each time: look each up once
+                child = self.children[key] = self.histogram.labels(*key[:2], str(status))
+            child.observe(time.perf_counter() - started)
 
 
 P = ParamSpec("P")
@@ -237,6 +240,11 @@ class GroupCommit:
             outcomes = self.store.together([call for call, _ in batch])
         except Exception as exc:  # the commit itself failed: nothing of the group was stored
             outcomes = [(None, exc)] * len(batch)
+        except BaseException:  # no caller may wait forever
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StoreError("the store call was interrupted"))
+            raise
         for (_, future), (value, error) in zip(batch, outcomes, strict=True):
             if future.done():  # the request was cancelled meanwhile
                 continue
@@ -293,6 +301,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(StoreCollector(store))
+        self.claimed_in = functools.cache(self.claimed.labels)
+        self.results_by = functools.cache(self.results.labels)
         self.registry.register(PoolCollector(store))
 
 
@@ -373,8 +383,6 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     # Claims and results that arrive in the same turn of the event loop share one SQLite
     # transaction (a group commit, see GroupCommit).
     grouped = GroupCommit(store) if store.is_sqlite else run_in_threadpool
-    if os.environ.get("XX_NO_GROUP"):  # TEMP experiment
-        grouped = hot
 
     # -------------------------------------------------------------- error mapping
 
@@ -523,7 +531,7 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         )
         if claimed:
             for queue, n in collections.Counter(task.queue for task in claimed).items():
-                metrics.claimed.labels(queue).inc(n)
+                metrics.claimed_in(queue).inc(n)
         return Response(_CLAIMED.dump_json(claimed), media_type="application/json")
 
     @per_task("/v1/workers/{worker_id}/heartbeat", HeartbeatRequest, HeartbeatReply)
@@ -547,7 +555,7 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         body = await body_of(request, ResultsRequest)
         outcomes = await grouped(store.results, worker_id, body.results)
         for outcome, n in collections.Counter(o.outcome for o in outcomes).items():
-            metrics.results.labels(outcome).inc(n)
+            metrics.results_by(outcome).inc(n)
         reply = ResultsReply(outcomes=outcomes)
         if all(o.outcome == "stale" for o in outcomes):
             return JSONResponse(
@@ -793,60 +801,9 @@ def build_uvicorn(app: FastAPI, settings: Settings) -> Any:
         app,
         host=host,
         port=port,
-        http=_http_protocol(),
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
         **tls,
     )
     return uvicorn.Server(config)
-
-
-def _http_protocol() -> Any:
-    """uvicorn's httptools protocol, with each response leaving in one write (_OneWrite)."""
-    if os.environ.get("XX_PLAIN_HTTP"):  # TEMP experiment
-        return "auto"
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:  # no httptools: uvicorn's own choice
-        return "auto"
-
-    class OneWriteHttpTools(HttpToolsProtocol):
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(_OneWrite(transport, self.loop))  # type: ignore[arg-type]
-
-    return OneWriteHttpTools
-
-
-class _OneWrite:
-    """A transport whose writes made in one turn of the event loop leave in one send().
-
-    uvicorn writes a response's head and its body separately; on a keep-alive connection each
-    write is a send() that the kernel delivers and wakes the client for. Joined, a small JSON
-    answer costs one send, one segment and one wake-up instead of two (about a tenth of a
-    claim's server time). Everything but write and close goes to the real transport.
-    """
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append(bytes(data))
-
-    def _flush(self) -> None:
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)

@@ -49,13 +49,14 @@ from hpcscale.policy import (
     Decision,
     Observation,
     PoolRules,
+    breaker_state,
     decide,
     effective_bounds,
+    leaving_soon,
     rules_from_pool,
 )
 
 DAY = 86400.0
-LEAVING_MARGIN = 30.0  # manager.LEAVING_MARGIN: a worker with less left than est + this is leaving
 RECENT_DURATIONS = 100  # statestore.store.RECENT_DURATIONS: what queue_stats returns
 RECENT_WAITS = 50  # manager_records.pool_history's limit on queue waits
 P90_REFRESH = 60.0  # worker._expected_duration asks the server at most once a minute
@@ -770,10 +771,13 @@ class Simulation:
         return estimate.blended_duration(per_queue, default)
 
     def _leaving_soon(self, pool: _Pool, est: float) -> int:
-        """manager.check_managed_compute_services: less left than est + LEAVING_MARGIN."""
-        horizon = self.now + est + LEAVING_MARGIN
+        """policy.leaving_soon, as the manager applies it to registered workers."""
+        max_tasks = pool.cfg.worker.max_tasks
         return sum(
-            1 for e in pool.live if e.ws is not None and (e.ws.deadline or math.inf) < horizon
+            1
+            for e in pool.live
+            if e.ws is not None
+            and leaving_soon(self.now, e.ws.deadline, False, e.ws.tasks_started, max_tasks, est)
         )
 
     def _notice_failed_starts(self, pool: _Pool) -> None:
@@ -792,11 +796,10 @@ class Simulation:
             pool.failures = [t for t in pool.failures if t >= window]
 
     def _breaker(self, pool: _Pool) -> str:
-        """manager._breaker: open after breaker_failures since the last registration."""
-        recent = [t for t in pool.failures if t > (pool.last_registration or 0.0)]
-        if len(recent) < self.manager.breaker_failures:
-            return "closed"
-        return "open" if self.now - recent[-1] < self.manager.breaker_cooldown else "probe"
+        m = self.manager
+        return breaker_state(
+            pool.failures, pool.last_registration, self.now, m.breaker_failures, m.breaker_cooldown
+        )
 
     # -- Slurm -----------------------------------------------------------------------------
 

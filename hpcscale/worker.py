@@ -215,6 +215,7 @@ class Worker:
         self.state = WorkerState(started=now, deadline=min(limits) if limits else None)
         self._durations: dict[str, tuple[float, float]] = {}  # queue -> (fetched at, seconds)
         self.pending_results: list[TaskResult] = []
+        self.killed_with_job: list[Run] = []  # runs the job's own stop signal ended
         self.heartbeat_interval = opts.heartbeat_interval
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -296,7 +297,7 @@ class Worker:
                 reason = stop_reason(self.state, self.opts, now)
                 if reason is None:
                     self.state.empty_claims = 0
-            if self.runs and must_abandon(reason, self.state, now):
+            if (self.runs or self.killed_with_job) and must_abandon(reason, self.state, now):
                 why = reason if reason in ("signal", "exit", "unreachable") else "walltime"
                 self._release_all(why)
                 return why
@@ -413,9 +414,33 @@ class Worker:
                 self.runs.pop(run.task.id, None)
             for handle in run.files:
                 handle.close()
-            self.pending_results.append(self._result(run))
             if run.process is not None:
                 proc.kill_group(run.process.pid)  # whatever the task left behind
+                if self._killed_with_the_job(run.process.returncode):
+                    self.killed_with_job.append(run)
+                    continue
+            self.pending_results.append(self._result(run))
+
+    def _killed_with_the_job(self, code: int | None) -> bool:
+        """Did this run die because our job is being stopped? scancel signals every process
+        of the job, the task's too, so the run may end before our own handler has run: a
+        task killed by SIGTERM/SIGKILL waits a moment for our signal before it counts as a
+        failure. Its task is then released, not failed."""
+        if code == 0 or code is None:
+            return False
+        if self.state.signalled:
+            return True
+        if code not in (
+            -signal.SIGTERM,
+            -signal.SIGKILL,
+            128 + signal.SIGTERM,
+            128 + signal.SIGKILL,
+        ):
+            return False
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and not self.state.signalled:
+            time.sleep(0.05)
+        return self.state.signalled
 
     def _result(self, run: Run) -> TaskResult:
         task = run.task
@@ -482,7 +507,8 @@ class Worker:
         """Stop every run and hand its task back without using up the attempt."""
         with self.lock:
             ids = list(self.runs)
-        runs = self._kill(ids, reason)
+        runs = self._kill(ids, reason) + self.killed_with_job
+        self.killed_with_job = []
         leases = [Lease(task_id=r.task.id, fence=r.task.fence) for r in runs]
         if not leases:
             return

@@ -135,7 +135,7 @@ exit 1
 """,
     )
     serve.env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    start(serve, max_pending=3)
+    start(serve, max_pending=3, max_tasks=1)  # one task per worker: many sbatch calls
     with Sampler(serve.manager, every=0.25) as sampler:
         ids = submit(serve, 40, ["sleep", "1"])
         with serve.admin() as admin:
@@ -145,7 +145,7 @@ exit 1
     with serve.admin() as admin:
         subs = admin.submissions(manager=serve.manager)
     assert all(len(s.job_ids) == 1 for s in subs if s.state != SubmissionState.FAILED)
-    assert len(calls.read_text().splitlines()) == len(subs) >= 3  # each timed out, none redone
+    assert len(calls.read_text().splitlines()) == len(subs) >= 10  # each timed out, none redone
     assert len(sampler.job_ids) == len({j for s in subs for j in s.job_ids})
 
 
@@ -174,7 +174,8 @@ exec {real.stdout.strip()} "$@"
     with serve.admin() as admin:
 
         def degraded() -> bool:
-            return admin.decisions("cpu", 1)[-1].data.get("state") == "degraded"
+            last = admin.decisions("cpu", 1)
+            return bool(last) and last[-1].data.get("state") == "degraded"
 
         wait_for("the breaker to open", degraded, 90)
         assert len(admin.events(kind_prefix="pool.failed_start", limit=100)) >= 3

@@ -118,10 +118,14 @@ class _Sql:
 
     def __init__(self, is_sqlite: bool) -> None:
         self.is_sqlite = is_sqlite
+        # Only the heartbeat column, so the indexes on the worker's state are left alone.
         self.touch_worker = self._(
-            "UPDATE workers SET last_heartbeat = :now, "
-            "state = CASE WHEN state = 'lost' THEN 'active' ELSE state END "
-            "WHERE id = :wid AND state <> 'ended'"
+            "UPDATE workers SET last_heartbeat = :now "
+            "WHERE id = :wid AND state IN ('active', 'draining')"
+        )
+        self.revive_worker = self._(
+            "UPDATE workers SET last_heartbeat = :now, state = 'active' "
+            "WHERE id = :wid AND state = 'lost'"
         )
         self.worker_state = self._("SELECT state FROM workers WHERE id = :wid")
         self._claim_select = (
@@ -558,8 +562,9 @@ class Store(ManagerRecords):
                     for r in chosen
                 ],
             )
+        # Built without validation: every value comes from a row this store wrote.
         return [
-            ClaimedTask(
+            ClaimedTask.model_construct(
                 id=task_id,
                 queue=queue,
                 command=json.loads(command),
@@ -576,7 +581,11 @@ class Store(ManagerRecords):
 
     def _touch_worker(self, cur: _Cursor, worker_id: str, now: float) -> None:
         """A claim proves the worker alive: it counts as a heartbeat and revives a `lost` one."""
-        cur.execute(self._sql.touch_worker, {"now": now, "wid": worker_id})
+        params = {"now": now, "wid": worker_id}
+        cur.execute(self._sql.touch_worker, params)
+        if cur.rowcount == 1:
+            return
+        cur.execute(self._sql.revive_worker, params)
         if cur.rowcount == 1:
             return
         cur.execute(self._sql.worker_state, {"wid": worker_id})

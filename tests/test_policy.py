@@ -1,0 +1,582 @@
+"""Table tests of the PURE scaling policy (hpcscale/policy.py): DESIGN.md's sizing rule, every
+cap with the reason that names it, controls, the breaker, and a closed-loop regression test that
+the decisions never oscillate (in the spirit of Parsl's test_regression_1621 / issue 3696).
+
+No I/O, no clock: every test builds an Observation by hand and reads the Decision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hpcscale.config import PoolConfig, SlurmConfig, WorkerConfig
+from hpcscale.policy import (
+    STARTUP_SECONDS,
+    Decision,
+    Observation,
+    PoolRules,
+    PoolState,
+    decide,
+    effective_bounds,
+    needed_workers,
+    rules_from_pool,
+)
+
+RULES: dict[str, Any] = {
+    "min_workers": 0,
+    "max_workers": 50,
+    "max_pending": 10,
+    "max_submit_per_cycle": 20,
+    "target_drain_time": 1800.0,
+}
+
+
+def rules(**changes: Any) -> PoolRules:
+    return PoolRules(**{**RULES, **changes})
+
+
+def obs(claimable: int = 0, est: float = 60.0, **changes: Any) -> Observation:
+    changes.setdefault("claimable_slots", claimable)
+    changes.setdefault("now", 1_000_000.0)
+    return Observation(claimable=claimable, est_duration=est, **changes)
+
+
+def reasons(decision: Decision) -> str:
+    return " | ".join(decision.reasons)
+
+
+# ---------------------------------------------------------------------- sizing: needed
+
+
+@pytest.mark.parametrize(
+    ("case", "rule", "claimable", "slots_asked", "est", "needed"),
+    [
+        # bursts: the drain target decides
+        ("burst", {}, 1000, 1000, 60.0, 34),  # 60000 slot-s / 1800 s = 33.3
+        ("burst of short tasks", {}, 100_000, 100_000, 1.0, 56),
+        ("burst, 15 min target", {"target_drain_time": 900.0}, 1000, 1000, 60.0, 67),
+        # trickles: one worker, never zero while anything is claimable
+        ("one task", {}, 1, 1, 60.0, 1),
+        ("a few short tasks", {}, 5, 5, 10.0, 1),
+        ("one instant task", {}, 1, 1, 0.1, 1),
+        # long tails: never more workers than tasks can keep busy at once
+        ("3 tasks of 10 h", {}, 3, 3, 36_000.0, 3),
+        ("3 tasks of 10 h, 2 slots", {"slots": 2}, 3, 3, 36_000.0, 2),
+        # slots > 1
+        ("4 slots", {"slots": 4}, 1000, 1000, 60.0, 9),  # 60000 / (4 * 1800) = 8.3
+        ("4 slots, 6 hour-long tasks", {"slots": 4}, 6, 6, 3600.0, 2),
+        ("multi-slot tasks", {"slots": 4}, 10, 40, 3600.0, 10),  # 40 slots / 4 per worker
+        # a zero drain target counts as 1 s: as many as can be busy
+        ("no drain target", {"target_drain_time": 0.0}, 7, 7, 60.0, 7),
+        ("nothing claimable", {}, 0, 0, 60.0, 0),
+        # max_tasks and a finite life change what one worker does, not how many are needed
+        ("max_tasks", {"max_tasks": 5, "lifetime": 3600.0}, 1000, 1000, 60.0, 34),
+        ("max_tasks=1", {"max_tasks": 1}, 10, 10, 60.0, 1),
+    ],
+)
+def test_needed_workers(
+    case: str, rule: dict[str, Any], claimable: int, slots_asked: int, est: float, needed: int
+) -> None:
+    got, why = needed_workers(rules(**rule), obs(claimable, est, claimable_slots=slots_asked))
+    assert got == needed, (case, why)
+    assert why, "every sizing carries its arithmetic"
+
+
+def test_needed_explains_the_arithmetic_and_a_workers_life() -> None:
+    _, why = needed_workers(rules(max_tasks=5, lifetime=3600.0), obs(1000, 60.0))
+    text = " ".join(why)
+    assert "1000 claimable" in text and "needs 34" in text and "needed 34" in text
+    assert "~5 tasks in its life" in text  # min(max_tasks, 3590 s / 60 s)
+    _, why = needed_workers(rules(lifetime=610.0), obs(1000, 60.0))
+    assert "~10 tasks in its life" in " ".join(why)  # (610 - startup) / 60
+
+
+# ---------------------------------------------------------------------- wall-time edges
+
+
+def test_lifetime_shorter_than_a_task_submits_nothing() -> None:
+    """A worker whose whole life is shorter than one task can never run one: the worker refuses
+    to claim without time left (invariant 6) and ends at once, so submitting it only churns jobs
+    through the scheduler, cycle after cycle, while the backlog never moves."""
+    decision = decide(rules(lifetime=600.0), obs(10, est=3600.0))
+    assert decision.needed == 0
+    assert decision.submit == 0, reasons(decision)
+    assert "shorter than one task" in reasons(decision)
+
+
+def test_lifetime_shorter_than_a_task_keeps_the_warm_floor() -> None:
+    """min_workers is the admin's explicit wish: the floor stands even then."""
+    decision = decide(rules(lifetime=600.0, min_workers=2), obs(10, est=3600.0))
+    assert (decision.desired, decision.submit) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "est", "submits"),
+    [
+        (3600.0 + STARTUP_SECONDS, 3600.0, True),  # exactly one task fits
+        (3600.0 + STARTUP_SECONDS - 1.0, 3600.0, False),  # startup eats the margin
+        (math.inf, 1e6, True),  # no wall time at all
+        (7200.0, 0.1, True),
+    ],
+)
+def test_walltime_edges(lifetime: float, est: float, submits: bool) -> None:
+    decision = decide(rules(lifetime=lifetime), obs(5, est=est))
+    assert (decision.submit > 0) is submits, reasons(decision)
+
+
+# ---------------------------------------------------------------------- decide: table
+
+
+@dataclass(frozen=True)
+class Row:
+    case: str
+    rule: dict[str, Any]
+    seen: dict[str, Any]
+    desired: int
+    submit: int
+    cancel: int = 0
+    state: PoolState | None = None
+    reason: str | None = None
+
+
+ROWS = [
+    # idle / trickle / ready / busy
+    Row("empty system", {}, {}, 0, 0, state=PoolState.IDLE, reason="no claimable tasks"),
+    Row("one task arrives", {}, {"claimable": 1}, 1, 1, state=PoolState.WARMING,
+        reason="submit 1 to close the shortfall"),
+    Row("one task, worker pending", {}, {"claimable": 1, "pending": 1}, 1, 0,
+        state=PoolState.WARMING),
+    Row("one task, worker there", {}, {"claimable": 1, "registered": 1}, 1, 0,
+        state=PoolState.BUSY),
+    Row("no work, workers there", {}, {"registered": 2}, 0, 0, state=PoolState.READY),
+    # bursts: each cap binds in turn and is named
+    Row("burst: max_pending binds", {}, {"claimable": 1000}, 34, 10,
+        reason="capped by max_pending"),
+    Row("burst: max_submit_per_cycle binds", {"max_pending": 100}, {"claimable": 1000}, 34, 20,
+        reason="capped by max_submit_per_cycle"),
+    Row("burst: array limit binds", {"max_pending": 100, "max_array_size": 3},
+        {"claimable": 1000}, 34, 3, reason="capped by array limit"),
+    Row("max_pending counts unconfirmed", {}, {"claimable": 1000, "pending": 4, "unconfirmed": 3},
+        34, 3, reason="capped by max_pending"),
+    Row("max_pending already full", {}, {"claimable": 1000, "pending": 12}, 34, 0,
+        reason="capped by max_pending"),
+    # the hard max counts unconfirmed + pending + starting + registered, leaving ones included
+    Row("max_workers counts everything in flight",
+        {"max_pending": 100, "max_submit_per_cycle": 100},
+        {"claimable": 100_000, "unconfirmed": 2, "pending": 2, "starting": 2, "registered": 40,
+         "leaving_soon": 6}, 50, 4, state=PoolState.BUSY, reason="capped by max_workers"),
+    Row("at the hard max", {"max_pending": 100},
+        {"claimable": 100_000, "registered": 44, "leaving_soon": 10, "pending": 6}, 50, 0,
+        reason="capped by max_workers"),
+    Row("above the max after set-max", {}, {"claimable": 1000, "registered": 10,
+        "max_workers_override": 5}, 5, 0),
+    # leaving workers are replaced (within the hard max)
+    Row("replace leaving workers", {}, {"claimable": 1000, "registered": 34, "leaving_soon": 4},
+        34, 4, reason="submit 4 to close the shortfall"),
+    # min_workers floor: a warm pool
+    Row("warm pool from empty", {"min_workers": 3}, {}, 3, 3, reason="desired 3 (bounds 3..50)"),
+    Row("warm pool kept", {"min_workers": 3}, {"registered": 3}, 3, 0, state=PoolState.READY),
+    Row("warm pool replaces a leaver", {"min_workers": 3}, {"registered": 3, "leaving_soon": 1},
+        3, 1),
+    Row("floor above set-max", {"min_workers": 5}, {"max_workers_override": 2}, 2, 2,
+        reason="bounds 2..2"),
+    # set-max: lowers the cap; never raises it above the config's hard max
+    Row("set-max 5", {}, {"claimable": 1000, "max_workers_override": 5}, 5, 5),
+    Row("set-max 0", {}, {"claimable": 1000, "max_workers_override": 0}, 0, 0,
+        reason="bounds 0..0"),
+    Row("set-max above the config", {"max_pending": 100, "max_submit_per_cycle": 100},
+        {"claimable": 100_000, "max_workers_override": 500}, 50, 50),
+    # scheduled windows: (min, max)
+    Row("window raises the floor", {}, {"window": (8, 20)}, 8, 8, reason="bounds 8..20"),
+    Row("window lowers the cap", {}, {"claimable": 1000, "window": (0, 4)}, 4, 4,
+        reason="bounds 0..4"),
+    Row("window above max_workers", {"max_pending": 100, "max_submit_per_cycle": 100},
+        {"window": (60, 80)}, 50, 50, reason="bounds 50..50"),
+    Row("window and set-max: the lower cap", {}, {"claimable": 1000, "window": (2, 9),
+        "max_workers_override": 6}, 6, 6),
+    # controls
+    Row("pause", {}, {"claimable": 1000, "pending": 3, "control": "pause"}, 34, 0, 0,
+        PoolState.PAUSED, "paused"),
+    Row("pause keeps pending", {"cancel_unneeded_pending": True},
+        {"pending": 3, "control": "pause"}, 0, 0, 0, PoolState.PAUSED),
+    Row("drain cancels pending", {}, {"claimable": 1000, "pending": 3, "unconfirmed": 2,
+        "registered": 4, "control": "drain"}, 34, 0, 3, PoolState.DRAINING, "draining"),
+    Row("exit cancels pending", {}, {"claimable": 1000, "pending": 3, "control": "exit"}, 34,
+        0, 3, PoolState.DRAINING, "exiting"),
+    Row("drain beats the warm floor", {"min_workers": 3}, {"control": "drain"}, 3, 0, 0,
+        PoolState.DRAINING),
+    Row("drain beats a probe", {}, {"claimable": 10, "breaker": "probe", "control": "drain",
+        "pending": 1}, 1, 0, 1, PoolState.DRAINING),
+    # breaker
+    Row("breaker open", {}, {"claimable": 1000, "breaker": "open"}, 34, 0, 0,
+        PoolState.DEGRADED, "breaker open"),
+    Row("breaker open, nothing to do", {}, {"registered": 1, "breaker": "open"}, 0, 0, 0,
+        PoolState.DEGRADED),
+    Row("probe: one worker", {}, {"claimable": 1000, "breaker": "probe"}, 34, 1, 0,
+        PoolState.DEGRADED, "one worker to test"),
+    Row("probe: registered workers do not block it", {},
+        {"claimable": 1000, "registered": 2, "breaker": "probe"}, 34, 1, 0,
+        PoolState.DEGRADED, "one worker to test"),
+    Row("probe: waits for a pending one", {},
+        {"claimable": 1000, "pending": 1, "breaker": "probe"}, 34, 0, 0,
+        PoolState.DEGRADED, "waiting for the probe"),
+    Row("probe: waits for an unconfirmed one", {},
+        {"claimable": 1000, "unconfirmed": 1, "breaker": "probe"}, 34, 0, 0,
+        PoolState.DEGRADED, "waiting for the probe"),
+    Row("probe: waits for a starting one", {},
+        {"claimable": 1000, "starting": 1, "breaker": "probe"}, 34, 0, 0,
+        PoolState.DEGRADED, "waiting for the probe"),
+    Row("probe: nothing needed", {}, {"registered": 1, "breaker": "probe"}, 0, 0, 0,
+        PoolState.DEGRADED),
+    Row("probe: at the hard max", {"max_workers": 2},
+        {"claimable": 1000, "registered": 2, "breaker": "probe"}, 2, 0, 0, PoolState.DEGRADED),
+    # cancel_unneeded_pending (opt-in)
+    Row("cancel the pending the backlog no longer needs", {"cancel_unneeded_pending": True},
+        {"claimable": 100, "pending": 5, "registered": 3}, 4, 0, 4,
+        reason="cancel 4 pending"),
+    # 10 running workers are kept while 100 tasks fill them (keep_workers); the pending go.
+    Row("cancel at most what is pending", {"cancel_unneeded_pending": True},
+        {"claimable": 100, "pending": 2, "registered": 10}, 10, 0, 2),
+    Row("leaving workers are replaced while the backlog fills the pool", {},
+        {"claimable": 100, "registered": 8, "leaving_soon": 3}, 8, 3, 0,
+        reason="replace leaving workers"),
+    Row("but only as many as the backlog fills", {},
+        {"claimable": 5, "registered": 8, "leaving_soon": 3}, 5, 0, 0),
+    Row("backlog gone: cancel all pending", {"cancel_unneeded_pending": True}, {"pending": 5},
+        0, 0, 5, reason="no longer needs them"),
+    Row("unconfirmed cannot be cancelled", {"cancel_unneeded_pending": True},
+        {"unconfirmed": 4, "pending": 1}, 0, 0, 1),
+    Row("off by default", {}, {"claimable": 100, "pending": 5, "registered": 3}, 4, 0, 0),
+    Row("the warm floor is not cancelled", {"cancel_unneeded_pending": True, "min_workers": 2},
+        {"pending": 2}, 2, 0, 0),
+    Row("leaving workers do not make pending unneeded", {"cancel_unneeded_pending": True,
+        "min_workers": 2}, {"registered": 4, "leaving_soon": 4, "pending": 2}, 2, 0, 0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.case for r in ROWS])
+def test_decide_table(row: Row) -> None:
+    decision = decide(rules(**row.rule), obs(**row.seen))
+    got = (decision.desired, decision.submit, decision.cancel_pending)
+    assert got == (row.desired, row.submit, row.cancel), reasons(decision)
+    if row.state is not None:
+        assert decision.state is row.state, reasons(decision)
+    if row.reason is not None:
+        assert row.reason in reasons(decision)
+
+
+def test_every_decision_shows_its_in_flight_arithmetic() -> None:
+    decision = decide(
+        rules(),
+        obs(1000, unconfirmed=1, pending=2, starting=3, registered=4, leaving_soon=1),
+    )
+    assert decision.in_flight == 9
+    assert (
+        "in flight 9 = 1 unconfirmed + 2 pending + 3 starting + 4 registered - 1 leaving"
+        in reasons(decision)
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "seen", "bounds"),
+    [
+        ({}, {}, (0, 50)),
+        ({"min_workers": 4}, {}, (4, 50)),
+        ({}, {"max_workers_override": 7}, (0, 7)),
+        ({}, {"max_workers_override": 70}, (0, 50)),  # set-max never raises the hard max
+        ({"min_workers": 10}, {"max_workers_override": 7}, (7, 7)),
+        ({"min_workers": 2}, {"window": (5, 9)}, (5, 9)),
+        ({"min_workers": 6}, {"window": (1, 9)}, (6, 9)),  # a window never lowers the floor
+        ({}, {"window": (60, 80)}, (50, 50)),
+        ({}, {"window": (5, 9), "max_workers_override": 3}, (3, 3)),
+    ],
+)
+def test_effective_bounds(
+    rule: dict[str, Any], seen: dict[str, Any], bounds: tuple[int, int]
+) -> None:
+    assert effective_bounds(rules(**rule), obs(**seen)) == bounds
+
+
+# ---------------------------------------------------------------------- rules_from_pool
+
+
+@pytest.mark.parametrize(
+    ("wall", "max_time", "lifetime"),
+    [
+        ("02:00:00", 0.0, 7200.0),  # no max_time: the wall time
+        ("02:00:00", 600.0, 600.0),  # max_time shorter: it wins
+        ("02:00:00", 3 * 3600.0, 7200.0),  # max_time longer than the wall: the wall
+        ("1-00:00:00", 0.0, 86400.0),
+    ],
+)
+def test_rules_from_pool(wall: str, max_time: float, lifetime: float) -> None:
+    pool = PoolConfig(
+        name="cpu",
+        min_workers=1,
+        max_workers=7,
+        max_pending=3,
+        max_submit_per_cycle=2,
+        target_drain_time=900.0,
+        cancel_unneeded_pending=True,
+        slurm=SlurmConfig(time=wall),
+        worker=WorkerConfig(slots=4, max_tasks=9, max_time=max_time),
+    )
+    assert rules_from_pool(pool, max_array_size=77) == PoolRules(
+        min_workers=1,
+        max_workers=7,
+        max_pending=3,
+        max_submit_per_cycle=2,
+        target_drain_time=900.0,
+        slots=4,
+        max_tasks=9,
+        lifetime=lifetime,
+        max_array_size=77,
+        cancel_unneeded_pending=True,
+    )
+
+
+# ---------------------------------------------------------------------- property: the caps
+
+
+@st.composite
+def rule_sets(draw: st.DrawFn) -> PoolRules:
+    max_workers = draw(st.integers(0, 60))
+    return PoolRules(
+        min_workers=draw(st.integers(0, max_workers)),
+        max_workers=max_workers,
+        max_pending=draw(st.integers(0, 30)),
+        max_submit_per_cycle=draw(st.integers(0, 30)),
+        target_drain_time=draw(st.floats(0.0, 1e5)),
+        slots=draw(st.integers(1, 64)),
+        max_tasks=draw(st.integers(0, 100)),
+        lifetime=draw(st.one_of(st.just(math.inf), st.floats(0.0, 1e6))),
+        max_array_size=draw(st.integers(1, 2000)),
+        cancel_unneeded_pending=draw(st.booleans()),
+    )
+
+
+@st.composite
+def observations(draw: st.DrawFn) -> Observation:
+    claimable = draw(st.integers(0, 1_000_000))
+    registered = draw(st.integers(0, 80))
+    return Observation(
+        now=draw(st.floats(0.0, 2e9)),
+        claimable=claimable,
+        claimable_slots=claimable * draw(st.integers(1, 4)),
+        est_duration=draw(st.floats(0.1, 1e6)),  # estimate.task_duration never goes below 0.1
+        unconfirmed=draw(st.integers(0, 80)),
+        pending=draw(st.integers(0, 80)),
+        starting=draw(st.integers(0, 80)),
+        registered=registered,
+        leaving_soon=draw(st.integers(0, registered)),
+        control=draw(st.sampled_from(["continue", "continue", "pause", "drain", "exit"])),
+        max_workers_override=draw(st.one_of(st.none(), st.integers(0, 100))),
+        window=draw(st.one_of(st.none(), st.tuples(st.integers(0, 100), st.integers(0, 100)))),
+        breaker=draw(st.sampled_from(["closed", "closed", "open", "probe"])),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(rule_sets(), observations())
+def test_no_decision_exceeds_a_cap(rule: PoolRules, seen: Observation) -> None:
+    d = decide(rule, seen)
+    in_flight = seen.all_in_flight
+    assert d.submit >= 0 and d.cancel_pending >= 0
+    # the hard max: every element that exists or may exist, leaving ones included
+    assert d.submit <= max(0, rule.max_workers - in_flight)
+    floor, cap = effective_bounds(rule, seen)
+    assert d.submit <= max(0, cap - in_flight)
+    # max_pending counts unconfirmed submissions too
+    before = seen.pending + seen.unconfirmed
+    if before <= rule.max_pending:
+        assert before + d.submit <= rule.max_pending
+    else:
+        assert d.submit == 0
+    assert d.submit <= rule.max_submit_per_cycle
+    assert d.submit <= rule.max_array_size
+    assert d.cancel_pending <= seen.pending
+    # desired within its bounds, and those within the config's
+    assert 0 <= floor <= d.desired <= cap <= rule.max_workers
+    # never more than the shortfall, never submit and cancel at once
+    assert d.submit <= max(0, d.desired - d.in_flight)
+    assert not (d.submit and d.cancel_pending)
+    # controls and the breaker
+    if seen.control != "continue" or seen.breaker == "open":
+        assert d.submit == 0
+    if seen.control in ("drain", "exit"):
+        assert d.cancel_pending == seen.pending
+    if seen.breaker == "probe":
+        assert d.submit <= 1
+        if seen.unconfirmed + seen.pending + seen.starting:
+            assert d.submit == 0
+    if not (seen.control in ("drain", "exit") or rule.cancel_unneeded_pending):
+        assert d.cancel_pending == 0
+    assert d.reasons
+
+
+# ---------------------------------------------------------------------- closed loop: no oscillation
+
+
+@dataclass
+class ClosedLoop:
+    """A pool in a toy cluster, fed back into `decide` every cycle.
+
+    An element is unconfirmed for `confirm_after` cycles after sbatch, then pending, then
+    starting for one cycle, then a registered worker. A worker claims up to `slots` tasks
+    whenever it has a free slot, runs each for `duration` seconds, and ends when it has nothing
+    to run and nothing is claimable (workers stay while there is work). With `steady`, each
+    claimed task is replaced at once by a new one, so the backlog never changes.
+    """
+
+    rules: PoolRules
+    backlog: int
+    duration: float
+    steady: bool = False
+    dt: float = 30.0
+    confirm_after: int = 1
+    register_after: int = 4
+    ages: list[int] = field(default_factory=list)  # elements not yet registered
+    workers: list[list[float]] = field(default_factory=list)  # time left on each running task
+    actions: list[tuple[int, str, int]] = field(default_factory=list)  # (cycle, kind, count)
+    submitted: int = 0
+    peak_in_flight: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+
+    def observe(self, cycle: int) -> Observation:
+        starting_age = self.register_after - 1
+        return obs(
+            self.backlog,
+            est=self.duration,
+            now=cycle * self.dt,
+            unconfirmed=sum(1 for a in self.ages if a < self.confirm_after),
+            pending=sum(1 for a in self.ages if self.confirm_after <= a < starting_age),
+            starting=sum(1 for a in self.ages if a == starting_age),
+            registered=len(self.workers),
+        )
+
+    def step(self, cycle: int) -> Decision:
+        seen = self.observe(cycle)
+        decision = decide(self.rules, seen)
+        self.decisions.append(decision)
+        self.peak_in_flight = max(self.peak_in_flight, seen.all_in_flight + decision.submit)
+        if decision.submit:
+            self.actions.append((cycle, "submit", decision.submit))
+            self.submitted += decision.submit
+            self.ages += [0] * decision.submit
+        if decision.cancel_pending:
+            self.actions.append((cycle, "cancel", decision.cancel_pending))
+            pending = sorted(
+                a for a in self.ages if self.confirm_after <= a < self.register_after - 1
+            )  # the newest first, as the manager cancels them
+            for age in pending[: decision.cancel_pending]:
+                self.ages.remove(age)
+        self._advance()
+        return decision
+
+    def _advance(self) -> None:
+        self.ages = [a + 1 for a in self.ages]
+        arrived = sum(1 for a in self.ages if a >= self.register_after)
+        self.ages = [a for a in self.ages if a < self.register_after]
+        self.workers += [[] for _ in range(arrived)]
+        alive = []
+        for tasks in self.workers:
+            tasks = [left - self.dt for left in tasks if left - self.dt > 0]
+            while len(tasks) < self.rules.slots and self.backlog > 0:
+                tasks.append(self.duration)
+                if not self.steady:
+                    self.backlog -= 1
+            if tasks:
+                alive.append(tasks)
+        self.workers = alive
+
+    def run(self, cycles: int) -> None:
+        for cycle in range(cycles):
+            self.step(cycle)
+            if not (self.backlog or self.ages or self.workers) and not self.steady:
+                break
+
+    def kinds(self) -> list[str]:
+        """The sequence of actions with repeats folded: ['submit', 'cancel'] at most."""
+        folded: list[str] = []
+        for _, kind, _ in self.actions:
+            if not folded or folded[-1] != kind:
+                folded.append(kind)
+        return folded
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+@pytest.mark.parametrize(
+    ("backlog", "duration", "rule"),
+    [
+        (1000, 60.0, {}),  # 34 needed, throttled by max_pending 10
+        (1000, 60.0, {"max_pending": 100, "max_submit_per_cycle": 100}),
+        (100_000, 600.0, {}),  # far above the hard max
+        (14, 3600.0, {"slots": 48}),  # Parsl #3696: few tasks, many slots per worker
+        (143, 3600.0, {"slots": 48}),
+        (5, 30.0, {"min_workers": 2}),  # a trickle above a warm floor
+        (200, 600.0, {"max_workers": 7, "max_pending": 3, "max_submit_per_cycle": 2}),
+    ],
+)
+def test_steady_backlog_converges_without_oscillating(
+    backlog: int, duration: float, rule: dict[str, Any], cancel: bool
+) -> None:
+    """A backlog that stays the same size: the pool grows to `desired` once and then holds,
+    submitting exactly what is needed in total, cancelling nothing, never above the max."""
+    loop = ClosedLoop(rules(cancel_unneeded_pending=cancel, **rule), backlog, duration, True)
+    loop.run(300)
+    desired = loop.decisions[0].desired
+    assert loop.submitted == desired, loop.actions
+    assert loop.kinds() in ([], ["submit"]), loop.actions
+    assert loop.peak_in_flight <= loop.rules.max_workers
+    assert len(loop.workers) == desired
+    assert all(d.submit == 0 and d.cancel_pending == 0 for d in loop.decisions[-50:])
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+@pytest.mark.parametrize(
+    ("backlog", "duration", "rule", "total"),
+    [
+        (1000, 60.0, {}, 34),
+        (1000, 60.0, {"max_pending": 100, "max_submit_per_cycle": 100}, 34),
+        (5000, 600.0, {}, 50),
+        (14, 3600.0, {"slots": 48}, 1),  # Parsl #3696: one worker, not 0, 1, 0, 1, ...
+        (143, 3600.0, {"slots": 48}, 3),
+        (60, 1800.0, {"slots": 4}, 15),
+        (3, 36_000.0, {}, 3),  # a long tail
+        (200, 600.0, {"max_workers": 7, "max_pending": 3, "max_submit_per_cycle": 2}, 7),
+    ],
+)
+def test_draining_burst_never_submits_more_than_needed(
+    backlog: int, duration: float, rule: dict[str, Any], total: int, cancel: bool
+) -> None:
+    """One burst, drained to the end by the workers it brings: no more submissions in total
+    than the burst needed at first, never a cancel followed by a new submission (no back and
+    forth), never above the max, and the pool back to zero at the end."""
+    loop = ClosedLoop(rules(cancel_unneeded_pending=cancel, **rule), backlog, duration)
+    loop.run(5000)
+    assert loop.decisions[0].desired == total
+    assert loop.submitted <= total, loop.actions
+    assert loop.kinds() in ([], ["submit"], ["submit", "cancel"]), loop.actions
+    if not cancel:
+        assert loop.kinds() == ["submit"]
+    assert loop.peak_in_flight <= loop.rules.max_workers
+    assert loop.backlog == 0 and not loop.workers and not loop.ages  # drained, back to zero
+    assert loop.decisions[-1].submit == 0
+
+
+def test_closed_loop_never_exceeds_a_lowered_max() -> None:
+    """`set-max` mid-run below what is in flight: nothing more is submitted until the pool
+    has shrunk below the new max on its own."""
+    loop = ClosedLoop(rules(max_pending=100, max_submit_per_cycle=100), 100_000, 600.0, True)
+    loop.run(20)
+    assert len(loop.workers) == 50
+    lowered = rules(max_workers=20, max_pending=100, max_submit_per_cycle=100)
+    for cycle in range(20, 40):
+        decision = decide(lowered, loop.observe(cycle))
+        assert decision.submit == 0 and decision.desired == 20
