@@ -142,6 +142,30 @@ class _Sql:
             "INSERT INTO events (ts, kind, task_id, worker_id, detail) "
             "VALUES (:ts, :kind, :task_id, :worker_id, :detail)"
         )
+        # One event per task of a batch in one statement, in the order of the list of ids:
+        # a row each from the array (numbered, to keep that order), joined to its task.
+        if is_sqlite:
+            self.claimed_events = (
+                "INSERT INTO events (ts, kind, task_id, worker_id, detail) "
+                "SELECT :ts, 'task.claimed', t.id, :wid, 'fence ' || t.fence "
+                "FROM json_each(:ids) AS j JOIN tasks AS t ON t.id = j.value ORDER BY j.key"
+            )
+            self.same_events = (
+                "INSERT INTO events (ts, kind, task_id, worker_id, detail) "
+                "SELECT :ts, :kind, j.value, :wid, NULL FROM json_each(:ids) AS j ORDER BY j.key"
+            )
+        else:
+            self.claimed_events = self._(
+                "INSERT INTO events (ts, kind, task_id, worker_id, detail) "
+                "SELECT :ts, 'task.claimed', t.id, :wid, 'fence ' || t.fence "
+                "FROM unnest(:ids::bigint[]) WITH ORDINALITY AS j(id, n) "
+                "JOIN tasks AS t ON t.id = j.id ORDER BY j.n"
+            )
+            self.same_events = self._(
+                "INSERT INTO events (ts, kind, task_id, worker_id, detail) "
+                "SELECT :ts, :kind, j.id, :wid, NULL "
+                "FROM unnest(:ids::bigint[]) WITH ORDINALITY AS j(id, n) ORDER BY j.n"
+            )
         self.results_select = self._(
             "SELECT id, state, fence, attempts, max_attempts FROM tasks "
             "WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
@@ -303,9 +327,10 @@ class Store(ManagerRecords):
 
         SQLAlchemy's statement building, compilation cache lookups and result wrapping cost
         more than SQLite's own work for these small statements (about 25 µs a statement), so
-        the per-task calls speak the driver's SQL directly (`_Sql`). Driver errors come out as
-        StoreError (503, retried by clients); a PostgreSQL connection that failed is dropped
-        from the pool. Inside `together()` it is a savepoint of the group's transaction.
+        the per-task calls speak the driver's SQL directly (`_Sql`). The driver's operational
+        errors (locked, I/O, a lost connection) come out as StoreError (503, which clients
+        retry); a PostgreSQL connection that broke is dropped from the pool. Inside
+        `together()` it is a savepoint of the group's transaction.
         """
         if self._write_lock is None:
             with self._pg_transaction() as cursor:
@@ -327,7 +352,7 @@ class Store(ManagerRecords):
         For the calls that use `_hot` (claim, results). On PostgreSQL, which commits
         concurrent transactions in parallel anyway, each call is its own transaction.
         """
-        if self._write_lock is None:
+        if self._write_lock is None or len(calls) == 1:
             return [_attempt(call) for call in calls]
         out: list[tuple[T | None, Exception | None]] = []
         with self._write_lock, self._sqlite_transaction() as cursor:
@@ -344,18 +369,18 @@ class Store(ManagerRecords):
         raw: Any = self._sqlite_writer().connection.driver_connection
         try:
             raw.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+        except sqlite3.OperationalError as exc:
             raise StoreError(f"database error: {exc}") from exc
         try:
             yield raw.cursor()
         except BaseException as exc:
             raw.rollback()
-            if isinstance(exc, sqlite3.Error):
+            if isinstance(exc, sqlite3.OperationalError):
                 raise StoreError(f"database error: {exc}") from exc
             raise
         try:
             raw.commit()
-        except sqlite3.Error as exc:
+        except sqlite3.OperationalError as exc:
             raw.rollback()
             raise StoreError(f"database error: {exc}") from exc
         self._wrote()
@@ -369,7 +394,7 @@ class Store(ManagerRecords):
         except BaseException as exc:
             cursor.execute("ROLLBACK TO hot")
             cursor.execute("RELEASE hot")
-            if isinstance(exc, sqlite3.Error):
+            if isinstance(exc, sqlite3.OperationalError):
                 raise StoreError(f"database error: {exc}") from exc
             raise
         cursor.execute("RELEASE hot")
@@ -383,8 +408,11 @@ class Store(ManagerRecords):
             cursor = fairy.cursor()
             yield cursor
             fairy.commit()
-        except psycopg.OperationalError as exc:
-            fairy.invalidate(exc)
+        except psycopg.OperationalError as exc:  # lost connection, deadlock, serialization
+            if fairy.driver_connection is None or fairy.driver_connection.broken:
+                fairy.invalidate(exc)
+            else:
+                fairy.rollback()
             raise StoreError(f"database error: {exc}") from exc
         except BaseException:
             fairy.rollback()
@@ -540,31 +568,13 @@ class Store(ManagerRecords):
                         break
             if not chosen:
                 return []
+            ids = sql.ids([r[0] for r in chosen])
             cur.execute(
-                sql.claim_update,
-                {
-                    "wid": worker_id,
-                    "expiry": expiry,
-                    "now": now,
-                    "ids": sql.ids([r[0] for r in chosen]),
-                },
+                sql.claim_update, {"wid": worker_id, "expiry": expiry, "now": now, "ids": ids}
             )
-            cur.executemany(
-                sql.insert_event,
-                [
-                    {
-                        "ts": now,
-                        "kind": "task.claimed",
-                        "task_id": r[0],
-                        "worker_id": worker_id,
-                        "detail": f"fence {r[8] + 1}",
-                    }
-                    for r in chosen
-                ],
-            )
-        # Built without validation: every value comes from a row this store wrote.
+            cur.execute(sql.claimed_events, {"ts": now, "wid": worker_id, "ids": ids})
         return [
-            ClaimedTask.model_construct(
+            ClaimedTask(
                 id=task_id,
                 queue=queue,
                 command=json.loads(command),
@@ -664,7 +674,15 @@ class Store(ManagerRecords):
                 cur.executemany(sql.results_update, updates)
                 cur.execute(sql.worker_done, {"done": len(updates), "wid": worker_id})
             if event_rows:
-                cur.executemany(sql.insert_event, event_rows)
+                kinds = {(e["kind"], e["detail"]) for e in event_rows}
+                kind, detail = next(iter(kinds))
+                if len(kinds) == 1 and detail is None:  # the usual: they all succeeded
+                    ids = sql.ids([e["task_id"] for e in event_rows])
+                    cur.execute(
+                        sql.same_events, {"ts": now, "kind": kind, "wid": worker_id, "ids": ids}
+                    )
+                else:
+                    cur.executemany(sql.insert_event, event_rows)
         return outcomes
 
     def release(
