@@ -320,3 +320,23 @@ def test_release_cut_by_the_wall_time_counts_the_attempt(store: Store) -> None:
         store.release(w, [Lease(task_id=tid, fence=lease.fence)], "walltime", attempt_used=True)
         assert store.get_task(tid).state == expected
     assert store.get_task(tid).attempts == 2
+
+
+def test_group_commit_isolates_each_call(store: Store) -> None:
+    """Store.together: one transaction, a savepoint per call; a failing call undoes only itself."""
+    ids, _ = store.submit([spec(), spec(), spec()])
+    w1, w2 = worker(store), worker(store)
+    outcomes = store.together(
+        [
+            lambda: store.claim(w1, ["default"], 1, 1),
+            lambda: store.claim("no-such-worker", ["default"], 1, 1),
+            lambda: store.claim(w2, ["default"], 1, 1),
+        ]
+    )
+    (first, e1), (none, e2), (third, e3) = outcomes
+    assert e1 is None and e3 is None and isinstance(e2, NotFound) and none is None
+    assert first is not None and third is not None
+    assert {first[0].id, third[0].id} == set(ids[:2])  # two distinct tasks, both committed
+    running = {t.id for t in store.list_tasks(state="running")}
+    assert running == set(ids[:2])
+    assert store.get_task(ids[2]).state == TaskState.WAITING
