@@ -53,6 +53,9 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+from bench import report
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 SECTION = "## Statestore throughput"
@@ -522,16 +525,6 @@ NOTES = [
 
 
 def machine(pg: str | None) -> list[str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
-        platform.processor() or "?",
-    )
-    mem_kb = next(
-        int(ln.split()[1])
-        for ln in Path("/proc/meminfo").read_text().splitlines()
-        if ln.startswith("MemTotal")
-    )
     versions = []
     for package in ("uvicorn", "httptools", "uvloop", "fastapi", "pydantic", "sqlalchemy"):
         with contextlib.suppress(Exception):
@@ -539,8 +532,7 @@ def machine(pg: str | None) -> list[str]:
 
             versions.append(f"{package} {version(package)}")
     lines = [
-        f"- machine: {len(os.sched_getaffinity(0))} CPUs (nproc), {model}, "
-        f"{mem_kb / 1024 / 1024:.0f} GiB RAM, {platform.system()} {platform.release()}",
+        f"- machine: {report.machine_line()}",
         f"- Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
         + (f", PostgreSQL {pg}" if pg else ""),
         f"- {', '.join(versions)}",
@@ -550,15 +542,7 @@ def machine(pg: str | None) -> list[str]:
 
 
 def write_section(text: str) -> None:
-    old = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        rest = "\n" + old[end + 1 :] if end >= 0 else ""
-        new = old[:start] + text.rstrip("\n") + "\n" + rest
-    BENCHMARKS.write_text(new)
+    report.write_section(SECTION, text)
 
 
 # ---------------------------------------------------------------------- main

@@ -54,6 +54,9 @@ from hpcscale import config  # noqa: E402
 from hpcscale.schedulers import make_scheduler  # noqa: E402
 from hpcscale.schedulers.localstate import alive, pid_of, read_json  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+from bench import report as bench_report  # noqa: E402
+
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 SECTION = "## Wake-up latency"
 POOL = "bench"
@@ -290,19 +293,8 @@ def run_one(
 
 
 def machine() -> list[str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
-        platform.processor() or "?",
-    )
-    mem_kb = next(
-        int(ln.split()[1])
-        for ln in Path("/proc/meminfo").read_text().splitlines()
-        if ln.startswith("MemTotal")
-    )
     return [
-        f"- machine: {len(os.sched_getaffinity(0))} CPUs (nproc), {model}, "
-        f"{mem_kb / 1024 / 1024:.1f} GiB RAM, {platform.system()} {platform.release()}",
+        f"- machine: {bench_report.machine_line()}",
         f"- Python {platform.python_version()}; date {dt.date.today().isoformat()}",
     ]
 
@@ -364,15 +356,7 @@ def report(results: dict[str, list[Sample]], command: str, tasks: int) -> str:
 
 
 def write_section(text: str) -> None:
-    """Replace this section in BENCHMARKS.md (or append it), leaving the others untouched."""
-    old = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    BENCHMARKS.write_text(new)
+    bench_report.write_section(SECTION, text)
 
 
 # ---------------------------------------------------------------------- main

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from hpcscale import __version__, config, display
-from hpcscale.errors import ClientError, ConfigError, HpcscaleError
+from hpcscale.errors import ConfigError, HpcscaleError
 from hpcscale.models import Role, TaskSpec
 
 SUBMIT_CHUNK = 1000
@@ -362,9 +362,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)
         return 2
-    except ClientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except HpcscaleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1286,22 +1286,9 @@ def _probability(value: float) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`hpcscale simulate` on its own (tests, `python -m hpcscale.simulate`)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE")
-    listing = argparse.ArgumentParser(add_help=False)
-    listing.add_argument("--json", action="store_true")
-    parser = argparse.ArgumentParser(prog="hpcscale")
-    add_command(parser.add_subparsers(dest="command", required=True), common, listing)
-    args = parser.parse_args(["simulate", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args))
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
-    except HpcscaleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    from hpcscale.cli import main as cli_main
+
+    return cli_main(["simulate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
