@@ -320,9 +320,23 @@ class Client:
         return self._post(f"/v1/submissions/{tag}", change, Submission)
 
     def submissions(
-        self, *, manager: str | None = None, pool: str | None = None, open_only: bool = False
+        self,
+        *,
+        manager: str | None = None,
+        pool: str | None = None,
+        open_only: bool = False,
+        since: float | None = None,
+        limit: int | None = None,
     ) -> list[Submission]:
-        params = _clean({"manager": manager, "pool": pool, "open": open_only or None})
+        params = _clean(
+            {
+                "manager": manager,
+                "pool": pool,
+                "open": open_only or None,
+                "since": since,
+                "limit": limit,
+            }
+        )
         return _list(Submission, self._request("GET", "/v1/submissions", params=params))
 
     def worker_gone(self, worker_id: str, reason: str) -> list[int]:

@@ -10,6 +10,7 @@ Every problem is reported as one line that names the key, e.g. `pools[0].max_wor
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -159,6 +160,11 @@ class ManagerConfig(_Strict):
     breaker_failures: int = Field(default=3, ge=1)  # failed starts that open a pool's breaker
     breaker_window: Duration = 900.0
     breaker_cooldown: Duration = 300.0
+    # A worker that registers and ends within this long without doing a task (and not because
+    # it was idle, drained or told to stop) counts as a failed start: a crash loop of workers
+    # that register opens the breaker too, and raises the pool's crash-loop alarm.
+    crash_seconds: Duration = 60.0
+    preflight_interval: Duration = 600.0  # re-run every pool's `sbatch --test-only` this often
 
     @field_validator("name")
     @classmethod
@@ -228,6 +234,46 @@ class WorkerConfig(_Strict):
     output_dir: str | None = None
 
 
+class BudgetConfig(_Strict):
+    """`[pools.budget]`: what the pool's own elements may burn per rolling `window`.
+
+    Burn is cpus_per_task (or GPUs) x the time each worker was registered, read from the
+    store's worker records (so a restart forgets nothing). Before each submission the new
+    elements' worst case (count x cpus x wall time), plus the worst case still to come from
+    elements in flight, must fit in what is left; running workers are never cancelled."""
+
+    core_hours: float | None = Field(default=None, ge=0)
+    gpu_hours: float | None = Field(default=None, ge=0)
+    window: Duration = 86400.0
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be a positive duration such as 24h or 7d")
+        return value
+
+
+_GPU_RE = re.compile(r"(?:^|,)gpu(?::[A-Za-z][\w\-]*)?(?::(\d+))?(?:\(\S*\))?(?:,|$)")
+
+
+def gpus_of(slurm: SlurmConfig) -> int:
+    """GPUs one element asks for: `gres = "gpu:a100:2"` or `--gres=gpu:2` / `--gpus=2` in
+    extra_directives (0 when it asks for none)."""
+    texts = [slurm.gres or ""] + [
+        d.split("=", 1)[1] for d in slurm.extra_directives if d.startswith("--gres=")
+    ]
+    for text in texts:
+        match = _GPU_RE.search(text)
+        if match:
+            return int(match.group(1) or 1)
+    for directive in slurm.extra_directives:
+        name, _, value = directive.partition("=")
+        if name in ("--gpus", "--gpus-per-task", "-G") and value.isdigit():
+            return int(value)
+    return 0
+
+
 class PoolConfig(_Strict):
     name: Name
     queues: list[Name] = Field(default_factory=lambda: ["default"], min_length=1)
@@ -239,6 +285,11 @@ class PoolConfig(_Strict):
     target_drain_time: Duration = 1800.0
     task_duration_prior: Duration = 300.0
     cancel_unneeded_pending: bool = False
+    # The runaway guard: at most this many workers (array elements) submitted per rolling hour,
+    # counted from the store's submission records (a restart does not reset it). Default:
+    # four full turnovers of the pool per hour, 4 * max_workers * ceil(1h / wall time).
+    max_submit_per_hour: int | None = Field(default=None, ge=0)
+    budget: BudgetConfig | None = None
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
 
@@ -253,6 +304,14 @@ class PoolConfig(_Strict):
         for value in values:
             _name(value)
         return values
+
+    @property
+    def submit_ceiling(self) -> int:
+        """`max_submit_per_hour`, or its default (see the field)."""
+        if self.max_submit_per_hour is not None:
+            return self.max_submit_per_hour
+        turnovers = max(1, math.ceil(3600.0 / max(1.0, self.slurm.wall_seconds)))
+        return 4 * self.max_workers * turnovers
 
     @model_validator(mode="after")
     def _min_le_max(self) -> PoolConfig:

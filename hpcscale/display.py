@@ -157,6 +157,10 @@ def pools_table(pools: Sequence[dict[str, Any]]) -> str:
                 obs.get("starting", "-"),
                 obs.get("registered", "-"),
                 info.max_workers_override if info.max_workers_override is not None else "-",
+                _per_hour(data),
+                "failed" if data.get("preflight", "ok") != "ok" else "ok",
+                "crash-loop" if data.get("alarm") else "-",
+                _budget(data),
                 ago(max(0.0, time.time() - last.ts)) if last else "-",
             ]
         )
@@ -172,10 +176,37 @@ def pools_table(pools: Sequence[dict[str, Any]]) -> str:
             "STARTING",
             "REGISTERED",
             "SET-MAX",
+            "SUBMITTED/H",
+            "PREFLIGHT",
+            "ALARM",
+            "BUDGET LEFT",
             "DECIDED",
         ],
         rows,
     )
+
+
+def _budget(data: dict[str, Any]) -> str:
+    """Per budget kind: hours left of the limit (burned + reserved by elements in flight), and
+    when it runs out at the current rate (what the running elements hold)."""
+    budgets = data.get("budget")
+    if not isinstance(budgets, dict) or not budgets:
+        return "-"
+    parts = []
+    for kind, numbers in budgets.items():
+        if isinstance(numbers, dict):
+            left, limit = numbers.get("left_hours"), numbers.get("limit_hours")
+            if isinstance(left, int | float) and isinstance(limit, int | float):
+                eta = numbers.get("hours_to_exhaustion")
+                until = f" (out in {eta:.3g}h)" if isinstance(eta, int | float) else ""
+                parts.append(f"{kind} {max(0.0, left):.3g}/{limit:.3g}h{until}")
+    return " ".join(parts) or "-"
+
+
+def _per_hour(data: dict[str, Any]) -> str:
+    """Workers submitted in the last hour against the pool's max_submit_per_hour."""
+    used, ceiling = data.get("submitted_last_hour"), data.get("max_submit_per_hour")
+    return "-" if used is None else f"{used}/{ceiling}"
 
 
 def status_text(data: dict[str, Any]) -> str:

@@ -14,7 +14,8 @@ HpcscaleError
 │   └── CommandTimeout
 └── SchedulerError           a scheduler refused or failed
     ├── PermanentSubmitError the scheduler will refuse this again (QOS limit, bad partition)
-    └── TransientSchedulerError  worth a retry after reconciling by tag
+    ├── TransientSchedulerError  worth a retry after reconciling by tag
+    └── PreflightUnsupported this scheduler cannot test a job script without submitting it
 """
 
 from __future__ import annotations
@@ -103,3 +104,8 @@ class PermanentSubmitError(SchedulerError):
 
 class TransientSchedulerError(SchedulerError):
     """The scheduler failed in a way that may pass; reconcile by tag before retrying."""
+
+
+class PreflightUnsupported(SchedulerError):
+    """The scheduler has no way to test a submission without making it (the pre-flight check
+    is then skipped, and says so, rather than blocking the pool)."""

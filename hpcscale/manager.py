@@ -11,6 +11,16 @@ The four operations of the alchemiscale compute-manager design keep their names:
 Errors never stop the loop for good (invariant 4): a failed cycle is logged, backed off and
 retried; a pool whose workers keep failing to start has its breaker opened, probed after a
 cooldown and closed by the first worker that registers.
+
+Cost safety (issue 8): at start and every `preflight_interval` each pool's real job script goes
+through the scheduler's own test (`sbatch --test-only`); a refused pool submits nothing and
+shows degraded with the scheduler's message while the others run (the outcome is held in memory
+only: a restarted manager checks again before its first decision). Submissions per rolling hour
+are counted from the store (a restart does not reset them) and capped by the pool's
+`max_submit_per_hour`; `[pools.budget]` caps them by what the worst case of new elements may
+still burn (`budget-exhausted`; running workers are never cancelled). A worker that registers
+and ends within `crash_seconds` without a task (not idle, drained or told to stop) counts as a
+failed start, and enough quick ends in the breaker window raise the pool's crash-loop alarm.
 """
 
 from __future__ import annotations
@@ -23,17 +33,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from hpcscale import estimate
 from hpcscale.client import Client
-from hpcscale.config import PoolConfig, Settings, worker_token_file
+from hpcscale.config import PoolConfig, Settings, gpus_of, worker_token_file
 from hpcscale.errors import (
     ClientError,
     ConfigError,
     HpcscaleError,
     PermanentSubmitError,
+    PreflightUnsupported,
     SchedulerError,
     TransientSchedulerError,
 )
@@ -43,6 +54,7 @@ from hpcscale.models import (
     Control,
     DecisionRecord,
     ManagerRegistration,
+    PoolHistory,
     PoolInfo,
     Role,
     Submission,
@@ -52,10 +64,13 @@ from hpcscale.models import (
     Worker,
 )
 from hpcscale.policy import (
+    Budget,
     Decision,
     Observation,
     PoolRules,
+    PoolState,
     breaker_state,
+    crash_alarm,
     decide,
     effective_bounds,
     leaving_soon,
@@ -74,6 +89,10 @@ log = logging.getLogger("hpcscale.manager")
 
 INTENT_TIMEOUT = 180.0  # an intent the scheduler never showed by then did not happen
 HISTORY_WINDOW = 3600.0
+CEILING_WINDOW = 3600.0  # max_submit_per_hour counts the submissions of this rolling window
+PREFLIGHT_RETRY = 60.0  # a pre-flight the scheduler could not answer is tried again this soon
+# Why a worker may end at once without a task and still be healthy (not a crash).
+PLANNED_ENDS = frozenset({"idle", "drain", "exit", "signal", "max_tasks", "max_time", "walltime"})
 
 
 @dataclass
@@ -128,6 +147,8 @@ class ComputeManager:
         self._registered = False
         self.cycle_started = time.monotonic()
         self.scheduler_seconds = 0.0
+        # pool -> (when the next pre-flight is due, the scheduler's refusal or None)
+        self.preflight: dict[str, tuple[float, str | None]] = {}
 
     # ------------------------------------------------------------------ the four operations
 
@@ -329,10 +350,26 @@ class ComputeManager:
             log.info("pool %s: worker %s's job ended; requeued %s", pool.name, worker_id, released)
         for element_id in view.failed_starts:
             self._failed_start(pool, element_id)
+        if view.gone_workers:  # read them back as ended: a quick end counts this cycle
+            workers = self.client.list_workers(pool=pool.name, since=now - HISTORY_WINDOW)
+        for worker in workers:
+            self._quick_end(pool, worker)
+        blocked = self._preflight(pool)
         history = self.client.pool_history(
             pool.name, since=now - self.settings.manager.breaker_window
         )
-        breaker = self._breaker(history.failed_starts, history.last_registration, now)
+        breaker = self._breaker(
+            history.failed_starts, self._last_healthy_registration(workers, history), now
+        )
+        alarm = crash_alarm(
+            history.failed_starts,
+            now,
+            self.settings.manager.breaker_window,
+            self.settings.manager.breaker_failures,
+        )
+        submitted = self._submitted_last_hour(pool, now)
+        budgets = self._budgets(pool, view, now)
+        burning = len(view.starting) + len(view.registered)  # elements running now
         rules = self._rules(pool)
         obs = Observation(
             now=now,
@@ -347,8 +384,19 @@ class ComputeManager:
             control=info.control.value if info else "continue",
             max_workers_override=info.max_workers_override if info else None,
             breaker=breaker,
+            blocked=blocked,
+            submit_allowance=max(0, pool.submit_ceiling - submitted),
+            alarm=alarm,
+            budgets=budgets,
         )
         decision = decide(rules, obs)
+        previous = self.last.get(pool.name)
+        if decision.state == PoolState.BUDGET_EXHAUSTED and (
+            previous is None or previous.state != PoolState.BUDGET_EXHAUSTED
+        ):
+            spent = "; ".join(b.describe() for b in budgets if b.allowance == 0)
+            log.warning("pool %s: budget exhausted, submitting nothing: %s", pool.name, spent)
+            self._event("pool.budget_exhausted", f"{pool.name} {spent}")
         self._act(pool, decision, view, info)
         wait = estimate.queue_wait(history.queue_waits)
         self._record(
@@ -361,6 +409,21 @@ class ComputeManager:
                 "idle": view.idle,
                 "busy": view.busy,
                 "cap": effective_bounds(rules, obs)[1],
+                "submitted_last_hour": submitted,
+                "max_submit_per_hour": pool.submit_ceiling,
+                "alarm": alarm,
+                "preflight": blocked or "ok",
+                "budget": {
+                    b.kind: {
+                        "limit_hours": b.limit / 3600,
+                        "burned_hours": b.burned / 3600,
+                        "reserved_hours": b.reserved / 3600,
+                        "left_hours": b.left / 3600,
+                        "per_worker_hours": b.per_worker / 3600,
+                        **_exhaustion(b, burning),
+                    }
+                    for b in budgets
+                },
             },
         )
         self.last[pool.name] = decision
@@ -385,7 +448,8 @@ class ComputeManager:
     # ------------------------------------------------------------------ helpers
 
     def _rules(self, pool: PoolConfig) -> PoolRules:
-        return rules_from_pool(pool, self.schedulers[pool.name].max_array_size)
+        rules = rules_from_pool(pool, self.schedulers[pool.name].max_array_size)
+        return replace(rules, max_submit_per_hour=pool.submit_ceiling)
 
     def _duration(self, pool: PoolConfig, backlog: Sequence[Backlog]) -> float:
         counts = {b.queue: b.count for b in backlog}
@@ -453,6 +517,109 @@ class ComputeManager:
                 self.schedulers[pool.name].cancel([element_id])
             except SchedulerError as exc:
                 log.warning("could not cancel %s: %s", element_id, exc)
+
+    def _quick_end(self, pool: PoolConfig, worker: Worker) -> None:
+        """A worker that registered, did no task and ended within crash_seconds for no planned
+        reason (crashed, lost, error) counts as a failed start: registering is not enough to
+        be healthy. Recorded once (the event's id is its worker's)."""
+        if worker.ended_at is None or worker.tasks_done or worker.id in self.counted_failures:
+            return
+        life = worker.ended_at - worker.started_at
+        if life > self.settings.manager.crash_seconds or worker.end_reason in PLANNED_ENDS:
+            return
+        self.counted_failures.add(worker.id)
+        log.warning(
+            "pool %s: worker %s ended %.0fs after registering without a task (%s)",
+            pool.name, worker.id, life, worker.end_reason or "no reason",
+        )  # fmt: skip
+        self.client.add_event("pool.failed_start", f"{pool.name} {worker.id}")
+
+    def _last_healthy_registration(
+        self, workers: Sequence[Worker], history: PoolHistory
+    ) -> float | None:
+        """What closes the breaker: the last registration of a worker that did not end at once
+        without a task. Registering alone does not prove a pool healthy (a crash loop of workers
+        that register would otherwise never open it). Workers are listed for HISTORY_WINDOW,
+        longer than the breaker's window, so an older registration changes nothing."""
+        quick = {w.id for w in workers if w.id in self.counted_failures}
+        healthy = [w.started_at for w in workers if w.submission and w.id not in quick]
+        if healthy:
+            return max(healthy)
+        return None if quick else history.last_registration
+
+    def _budgets(self, pool: PoolConfig, view: PoolView, now: float) -> tuple[Budget, ...]:
+        """`[pools.budget]` measured: burn from the store's worker records of the pool
+        (registration to end, clipped to the window; so a restart forgets nothing), and the
+        worst case still to come from what is in flight (pending, unconfirmed and starting
+        elements: a whole wall time each; registered workers: until their job's end)."""
+        cfg = pool.budget
+        if cfg is None or (cfg.core_hours is None and cfg.gpu_hours is None):
+            return ()
+        wall = pool.slurm.wall_seconds
+        start = now - cfg.window
+        workers = self.client.list_workers(pool=pool.name, since=start - wall)
+        seconds = 0.0
+        for worker in workers:
+            live = worker.state.value in ("active", "draining")
+            end = worker.ended_at or (now if live else worker.last_heartbeat)
+            seconds += max(0.0, min(end, now) - max(worker.started_at, start))
+        waiting = view.unconfirmed + len(view.pending) + len(view.starting)
+        ahead = waiting * wall + sum(
+            max(0.0, (w.expected_end or w.started_at + wall) - now) for w in view.registered
+        )
+        out = []
+        for kind, hours, per in (
+            ("core", cfg.core_hours, pool.slurm.cpus_per_task),
+            ("gpu", cfg.gpu_hours, gpus_of(pool.slurm)),
+        ):
+            if hours is not None and per > 0:
+                out.append(Budget(kind, hours * 3600, per * seconds, per * ahead, per * wall, per))
+        return tuple(out)
+
+    def _submitted_last_hour(self, pool: PoolConfig, now: float) -> int:
+        """Workers asked of the scheduler for this pool in the last hour, from the store (so a
+        restart does not reset the ceiling); refused submissions created nothing."""
+        recent = self.client.submissions(pool=pool.name, since=now - CEILING_WINDOW, limit=10_000)
+        return sum(s.count for s in recent if s.state != SubmissionState.FAILED)
+
+    def _preflight(self, pool: PoolConfig) -> str | None:
+        """The scheduler's own test of the pool's real job script, at start and every
+        preflight_interval: None when it passes, else the scheduler's message."""
+        now = self.clock()
+        due, blocked = self.preflight.get(pool.name, (0.0, None))
+        if pool.name in self.preflight and now < due:
+            return blocked
+        tag = f"{self.name}.{pool.name}.{int(now)}.test"  # no longer than a real submission's
+        count = max(1, min(pool.max_workers, pool.max_submit_per_cycle))
+        try:
+            token_file = worker_token_file(self.settings, pool.name)  # its path: nothing created
+            job = render(pool, self.settings, tag, count, token_file)
+            self.schedulers[pool.name].test_submit(job.script, count, tag)
+            refusal = None
+        except PreflightUnsupported as exc:
+            log.warning("pool %s: no pre-flight check: %s", pool.name, exc)
+            self.preflight[pool.name] = (now + self.settings.manager.preflight_interval, None)
+            return None
+        except TransientSchedulerError as exc:
+            log.warning("pool %s: pre-flight could not ask the scheduler: %s", pool.name, exc)
+            self.preflight[pool.name] = (now + PREFLIGHT_RETRY, blocked)
+            return blocked
+        except (SchedulerError, ConfigError) as exc:
+            refusal = str(exc)
+        self.preflight[pool.name] = (now + self.settings.manager.preflight_interval, refusal)
+        if refusal is not None:
+            log.error("pool %s: pre-flight failed, submitting nothing: %s", pool.name, refusal)
+            self._event("pool.preflight_failed", f"{pool.name} {refusal}")
+        elif blocked is not None:
+            log.info("pool %s: pre-flight passes again", pool.name)
+            self._event("pool.preflight_passed", pool.name)
+        return refusal
+
+    def _event(self, kind: str, detail: str) -> None:
+        if self.dry_run:
+            self.out(f"[dry-run] event {kind}: {detail}")
+            return
+        self.client.add_event(kind, detail[:4000])
 
     def _fail(self, pool: PoolConfig, tag: str, why: str) -> None:
         log.error("pool %s: submission %s failed: %s", pool.name, tag, why)
@@ -587,6 +754,17 @@ def run_manager(
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda _s, _f: manager.stop.set())
         return manager.run(once=once)
+
+
+def _exhaustion(budget: Budget, running: int) -> dict[str, float | None]:
+    """The current burn rate (resource-hours per hour: what the running elements hold) and the
+    hours until the budget is burned at that rate (None while nothing runs)."""
+    rate = float(running * budget.resources)
+    remaining = (budget.limit - budget.burned) / 3600
+    return {
+        "rate_per_hour": rate,
+        "hours_to_exhaustion": max(0.0, remaining) / rate if rate > 0 else None,
+    }
 
 
 def _pid_alive(pid: int) -> bool:

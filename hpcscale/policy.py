@@ -9,7 +9,12 @@ the tests run the very same decisions. The sizing rule (DESIGN.md):
     desired    = clamp(needed, min_workers (or a window's), max_workers)
     in_flight  = unconfirmed + pending + starting + registered - leaving soon
     submit     = clamp(desired - in_flight, 0, max_submit_per_cycle, max_pending - pending,
-                       max_workers - all in flight, array limit)
+                       max_workers - all in flight, array limit, left of max_submit_per_hour)
+
+Cost safety (issue 8): a pool whose pre-flight check failed (`blocked`: the scheduler's own
+test of the real job script refused it) submits nothing and is DEGRADED with the scheduler's
+message; `submit_allowance` (what is left of the hourly ceiling, counted by the manager from the
+store's submission records) caps `submit`; `alarm` (a crash loop) is shown in the reasons.
 
 The hard max counts every element that exists or may exist (unconfirmed submissions included)
 and never subtracts workers that are leaving: they still hold their slot of the allocation
@@ -36,6 +41,7 @@ class PoolState(StrEnum):
     DRAINING = "draining"
     PAUSED = "paused"
     DEGRADED = "degraded"
+    BUDGET_EXHAUSTED = "budget-exhausted"
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,39 @@ class PoolRules:
     lifetime: float = math.inf  # min(max_time, wall time)
     max_array_size: int = 1000
     cancel_unneeded_pending: bool = False
+    max_submit_per_hour: int | None = None  # the runaway ceiling, for the reason text (the
+    # manager sets it; the allowance left of it comes in the observation)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One `[pools.budget]` limit as the manager measured it, in resource-seconds
+    (core-seconds or GPU-seconds) over the rolling window."""
+
+    kind: str  # "core" | "gpu"
+    limit: float  # the budget for the window
+    burned: float  # used by the pool's elements within the window
+    reserved: float  # the worst case still to come from elements in flight
+    per_worker: float  # the worst case of one new element: cpus (or GPUs) x wall time
+    resources: int = 1  # cpus (or GPUs) one element holds
+
+    @property
+    def left(self) -> float:
+        return self.limit - self.burned - self.reserved
+
+    @property
+    def allowance(self) -> int:
+        """New elements whose worst case fits in what is left."""
+        if self.per_worker <= 0:
+            return 1_000_000_000  # this pool asks for none of this resource
+        return max(0, math.floor(self.left / self.per_worker + 1e-9))
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind}-hours budget {self.limit / 3600:.4g}: {self.burned / 3600:.4g} burned,"
+            f" {self.reserved / 3600:.4g} reserved by elements in flight, {self.left / 3600:.4g}"
+            f" left, {self.per_worker / 3600:.4g} per new worker (worst case)"
+        )
 
 
 @dataclass(frozen=True)
@@ -69,6 +108,10 @@ class Observation:
     max_workers_override: int | None = None  # `hpcscale set-max`
     window: tuple[int, int] | None = None  # a scheduled window's (min, max)
     breaker: str = "closed"  # closed | open | probe
+    blocked: str | None = None  # the pre-flight check's refusal (the scheduler's message)
+    submit_allowance: int | None = None  # workers left of the hourly ceiling; None: no ceiling
+    alarm: str | None = None  # e.g. a crash loop: elements ending within seconds, again and again
+    budgets: tuple[Budget, ...] = ()  # `[pools.budget]`, as measured by the manager
 
     @property
     def all_in_flight(self) -> int:
@@ -117,6 +160,22 @@ def breaker_state(
     if len(recent) < threshold:
         return "closed"
     return "open" if now - recent[-1] < cooldown else "probe"
+
+
+def crash_alarm(
+    quick_ends: Sequence[float], now: float, window: float, threshold: int
+) -> str | None:
+    """The crash-loop alarm: `threshold` or more elements of the pool failed to start or ended
+    within seconds of starting (having done no task) in the last `window` seconds. Unlike the
+    breaker it is not reset by a worker that registers: a worker that registers and dies at once
+    again and again is the loop it names."""
+    recent = [t for t in quick_ends if now - t <= window]
+    if len(recent) < threshold:
+        return None
+    return (
+        f"crash loop: {len(recent)} elements failed to start or ended at once without a task"
+        f" in the last {window:g}s (threshold {threshold})"
+    )
 
 
 def effective_bounds(rules: PoolRules, obs: Observation) -> tuple[int, int]:
@@ -195,6 +254,11 @@ def decide(rules: PoolRules, obs: Observation) -> Decision:
         f" + {obs.starting} starting + {obs.registered} registered - {obs.leaving_soon} leaving"
     )
 
+    if obs.alarm:
+        reasons.append(f"ALARM {obs.alarm}")
+    if obs.blocked is not None:
+        reasons.append(f"pre-flight failed: {obs.blocked}")
+
     if obs.control in ("drain", "exit"):
         return Decision(
             desired,
@@ -215,6 +279,16 @@ def decide(rules: PoolRules, obs: Observation) -> Decision:
             needed,
             in_flight,
         )
+    if obs.blocked is not None:
+        return Decision(
+            desired,
+            0,
+            0,
+            PoolState.DEGRADED,
+            (*reasons, "submit nothing until the job script passes the scheduler's test"),
+            needed,
+            in_flight,
+        )
 
     limits = {
         "shortfall": desired - in_flight,
@@ -223,14 +297,31 @@ def decide(rules: PoolRules, obs: Observation) -> Decision:
         "max_workers": cap - obs.all_in_flight,
         "array limit": rules.max_array_size,
     }
+    if obs.submit_allowance is not None:
+        limits["max_submit_per_hour"] = obs.submit_allowance
+    for budget in obs.budgets:
+        limits[f"{budget.kind}-hours budget"] = budget.allowance
     submit = max(0, min(limits.values()))
     if submit < limits["shortfall"]:
         binding = min(limits, key=lambda k: limits[k])
-        reasons.append(f"submit {submit}: capped by {binding}")
+        if binding == "max_submit_per_hour":
+            hourly = rules.max_submit_per_hour
+            ceiling = "" if hourly is None else f" of {hourly}"
+            reasons.append(
+                f"submit {submit}: capped by max_submit_per_hour"
+                f" ({obs.submit_allowance}{ceiling} left in the last hour)"
+            )
+        elif binding.endswith("-hours budget"):
+            budget = next(b for b in obs.budgets if f"{b.kind}-hours budget" == binding)
+            reasons.append(f"submit {submit}: capped by the {budget.describe()}")
+        else:
+            reasons.append(f"submit {submit}: capped by {binding}")
     elif submit:
         reasons.append(f"submit {submit} to close the shortfall")
 
     state = _state(obs, desired, in_flight)
+    if submit == 0 and limits["shortfall"] > 0 and any(b.allowance == 0 for b in obs.budgets):
+        state = PoolState.BUDGET_EXHAUSTED  # wants workers, none fits; running ones carry on
     if obs.breaker == "open" and submit:
         reasons.append("breaker open after failed starts: submit nothing until the cooldown")
         submit, state = 0, PoolState.DEGRADED

@@ -33,6 +33,14 @@ GAUGES = {
         ("scheduler_seconds",),
     ),
     "hpcscale_pool_last_decision_timestamp": ("When the last decision was made", ("ts",)),
+    "hpcscale_pool_submitted_last_hour": (
+        "Workers submitted in the last hour (the runaway guard's count)",
+        ("submitted_last_hour",),
+    ),
+    "hpcscale_pool_max_submit_per_hour": (
+        "The pool's ceiling on workers submitted per hour",
+        ("max_submit_per_hour",),
+    ),
 }
 WORKER_STATES = ("unconfirmed", "pending", "starting", "registered", "leaving_soon")
 
@@ -58,8 +66,33 @@ class PoolCollector(Collector):
             "1 while the pool's breaker is open or probing",
             labels=["pool"],
         )
+        alarm = GaugeMetricFamily(
+            "hpcscale_pool_crash_loop_alarm",
+            "1 while elements of the pool keep failing or ending at once without a task",
+            labels=["pool"],
+        )
+        preflight = GaugeMetricFamily(
+            "hpcscale_pool_preflight_failed",
+            "1 while the scheduler's test of the pool's job script refuses it",
+            labels=["pool"],
+        )
+        budget = GaugeMetricFamily(
+            "hpcscale_pool_budget_hours",
+            "A [pools.budget] in core- or GPU-hours: its limit, burned, reserved and left",
+            labels=["pool", "kind", "what"],
+        )
         for record in records:
             data = {**record.data, "ts": record.ts}
+            budgets = data.get("budget")
+            for kind, numbers in (budgets if isinstance(budgets, dict) else {}).items():
+                for what in ("limit", "burned", "reserved", "left"):
+                    value = (
+                        _number(numbers.get(f"{what}_hours")) if isinstance(numbers, dict) else None
+                    )
+                    if value is not None:
+                        budget.add_metric([record.pool, str(kind), what], value)
+            alarm.add_metric([record.pool], 1.0 if data.get("alarm") else 0.0)
+            preflight.add_metric([record.pool], 0.0 if data.get("preflight", "ok") == "ok" else 1.0)
             obs = data.get("observation")
             obs = obs if isinstance(obs, dict) else {}
             for name, (_, path) in GAUGES.items():
@@ -78,7 +111,7 @@ class PoolCollector(Collector):
                 [record.pool], 0.0 if obs.get("breaker", "closed") == "closed" else 1.0
             )
         yield from families.values()
-        yield from (workers, state, breaker)
+        yield from (workers, state, breaker, alarm, preflight, budget)
         submitted = CounterMetricFamily(
             "hpcscale_pool_submitted_workers",
             "Workers asked of the scheduler (array elements, refused ones included)",

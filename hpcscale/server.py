@@ -643,8 +643,11 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         pool: QueueName | None = None,
         open: bool = False,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+        since: Annotated[float | None, Query(ge=0)] = None,
     ) -> list[Submission]:
-        return store.list_submissions(manager=manager, pool=pool, open_only=open, limit=limit)
+        return store.list_submissions(
+            manager=manager, pool=pool, open_only=open, limit=limit, since=since
+        )
 
     @app.post("/v1/workers/{worker_id}/gone", tags=["manager"])
     def worker_gone(worker_id: str, body: WorkerGone, _who: Manager) -> ReleaseReply:

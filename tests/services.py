@@ -25,11 +25,12 @@ queues = ["{queue}"]
 scheduler = "{scheduler}"
 min_workers = {min_workers}
 max_workers = {max_workers}
+max_pending = {max_pending}
 task_duration_prior = "{prior}"
 target_drain_time = "{drain}"
-
+{pool_extra}
 [pools.slurm]
-partition = "debug"
+partition = "{partition}"
 time = "{time}"
 signal_margin = "{signal_margin}"
 output = "{output}"
@@ -42,6 +43,7 @@ empty_claim_sleep = "{empty_claim_sleep}"
 heartbeat_interval = "{heartbeat_interval}"
 claim_margin = "{claim_margin}"
 output_dir = "{task_output}"
+{pool_tables}
 """
 
 POOL_DEFAULTS: dict[str, object] = {
@@ -49,6 +51,7 @@ POOL_DEFAULTS: dict[str, object] = {
     "scheduler": "slurm",
     "min_workers": 0,
     "max_workers": 4,
+    "max_pending": 10,
     "prior": "5s",
     "drain": "10s",
     "time": "00:05:00",
@@ -59,6 +62,9 @@ POOL_DEFAULTS: dict[str, object] = {
     "empty_claim_sleep": "1s",
     "heartbeat_interval": "2s",
     "claim_margin": "2s",
+    "partition": "debug",
+    "pool_extra": "",  # more top-level pool keys, e.g. "max_submit_per_hour = 6"
+    "pool_tables": "",  # more pool tables, e.g. '[pools.budget]\ncore_hours = 0.05'
 }
 
 

@@ -119,6 +119,11 @@ def test_kill_9_and_restart_submits_nothing_twice(serve: ServerProcess) -> None:
     assert len(recorded) == sum(len(s.job_ids) for s in subs)  # and none was recorded twice
 
 
+# The manager's pre-flight (`sbatch --test-only`, issue 8) goes to the real sbatch: the fakes
+# below model faults of real submissions only.
+TEST_ONLY = 'for a in "$@"; do [ "$a" = --test-only ] && exec {real} "$@"; done\n'
+
+
 def test_sbatch_that_times_out_after_submitting_never_breaks_the_max(
     serve: ServerProcess, tmp_path: Path
 ) -> None:
@@ -128,7 +133,7 @@ def test_sbatch_that_times_out_after_submitting_never_breaks_the_max(
     fake_command(
         bin_dir,
         "sbatch",
-        f"""echo call >> {calls}
+        f"""{TEST_ONLY.format(real=real.stdout.strip())}echo call >> {calls}
 {real.stdout.strip()} "$@" >/dev/null || exit 1
 echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2
 exit 1
@@ -160,7 +165,7 @@ def test_breaker_opens_on_failed_starts_probes_and_closes(
     fake_command(
         bin_dir,
         "sbatch",
-        f"""if [ -e {broken} ]; then
+        f"""{TEST_ONLY.format(real=real.stdout.strip())}if [ -e {broken} ]; then
   cat >/dev/null
   printf '#!/bin/bash\\nexit 1\\n' | exec {real.stdout.strip()} "$@"
 fi

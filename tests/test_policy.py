@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 from hpcscale.config import PoolConfig, SlurmConfig, WorkerConfig
 from hpcscale.policy import (
     STARTUP_SECONDS,
+    Budget,
     Decision,
     Observation,
     PoolRules,
     PoolState,
+    crash_alarm,
     decide,
     effective_bounds,
     needed_workers,
@@ -580,3 +582,183 @@ def test_closed_loop_never_exceeds_a_lowered_max() -> None:
     for cycle in range(20, 40):
         decision = decide(lowered, loop.observe(cycle))
         assert decision.submit == 0 and decision.desired == 20
+
+
+# ---------------------------------------------------------------------- cost safety (issue 8)
+
+BURST: dict[str, Any] = {"claimable": 1000, "est": 60.0}  # needs 34 workers: every cap binds
+
+
+@pytest.mark.parametrize(
+    ("case", "seen", "submit", "state", "reason"),
+    [
+        ("pre-flight refused", {"blocked": "invalid partition specified: nope"}, 0,
+         PoolState.DEGRADED, "pre-flight failed: invalid partition specified: nope"),
+        ("pre-flight refused, nothing claimable", {"claimable": 0, "blocked": "bad account"}, 0,
+         PoolState.DEGRADED, "pre-flight failed: bad account"),
+        ("pre-flight refused beats a probe", {"blocked": "x", "breaker": "probe"}, 0,
+         PoolState.DEGRADED, "submit nothing until the job script passes"),
+        ("pre-flight refused, paused", {"blocked": "x", "control": "pause"}, 0,
+         PoolState.PAUSED, "pre-flight failed: x"),
+        ("pre-flight passed", {"blocked": None}, 10, PoolState.WARMING, "submit 10: capped by"),
+        ("hourly ceiling binds", {"submit_allowance": 3}, 3, PoolState.WARMING,
+         "submit 3: capped by max_submit_per_hour (3 of 40 left in the last hour)"),
+        ("hourly ceiling used up", {"submit_allowance": 0}, 0, PoolState.WARMING,
+         "submit 0: capped by max_submit_per_hour (0 of 40 left"),
+        ("hourly ceiling not binding", {"submit_allowance": 500}, 10, PoolState.WARMING,
+         "capped by max_pending"),
+        ("no ceiling (simulator)", {"submit_allowance": None}, 10, PoolState.WARMING,
+         "capped by max_pending"),
+        ("alarm is shown, decides nothing", {"alarm": "crash loop: 5 elements"}, 10,
+         PoolState.WARMING, "ALARM crash loop: 5 elements"),
+    ],
+)  # fmt: skip
+def test_cost_safety_table(
+    case: str, seen: dict[str, Any], submit: int, state: PoolState, reason: str
+) -> None:
+    d = decide(rules(max_submit_per_hour=40), obs(**{**BURST, **seen}))
+    assert (d.submit, d.state) == (submit, state), case
+    assert reason in reasons(d), (case, reasons(d))
+
+
+def test_blocked_pool_cancels_nothing_and_keeps_its_arithmetic() -> None:
+    d = decide(rules(cancel_unneeded_pending=True), obs(0, pending=4, blocked="refused"))
+    assert (d.submit, d.cancel_pending, d.state) == (0, 0, PoolState.DEGRADED)
+    assert "in flight 4" in reasons(d)
+
+
+def test_a_drained_blocked_pool_still_cancels_pending() -> None:
+    d = decide(rules(), obs(10, pending=3, blocked="refused", control="drain"))
+    assert (d.submit, d.cancel_pending, d.state) == (0, 3, PoolState.DRAINING)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rule_sets(), observations(), st.integers(0, 60))
+def test_no_decision_exceeds_the_hourly_allowance(
+    rule: PoolRules, seen: Observation, allowance: int
+) -> None:
+    d = decide(rule, Observation(**{**seen.__dict__, "submit_allowance": allowance}))
+    assert d.submit <= allowance
+
+
+@settings(max_examples=100, deadline=None)
+@given(rule_sets(), observations(), st.text(min_size=1, max_size=20))
+def test_a_blocked_pool_never_submits(rule: PoolRules, seen: Observation, why: str) -> None:
+    assert decide(rule, Observation(**{**seen.__dict__, "blocked": why})).submit == 0
+
+
+@pytest.mark.parametrize(
+    ("ends", "threshold", "alarm"),
+    [
+        ([], 3, False),
+        ([990.0, 995.0], 3, False),  # two: below the threshold
+        ([990.0, 995.0, 999.0], 3, True),
+        ([10.0, 20.0, 999.0], 3, False),  # two of them fell out of the window
+        ([999.0], 1, True),
+    ],
+)
+def test_crash_alarm(ends: list[float], threshold: int, alarm: bool) -> None:
+    text = crash_alarm(ends, 1000.0, 900.0, threshold)
+    assert (text is not None) == alarm
+    if text:
+        assert text.startswith("crash loop:") and f"threshold {threshold}" in text
+
+
+@pytest.mark.parametrize(
+    ("max_workers", "wall", "explicit", "ceiling"),
+    [
+        (10, "01:00:00", None, 40),  # 4 x max_workers for an hour-long job
+        (3, "00:05:00", None, 144),  # short jobs turn the pool over 12 times an hour
+        (10, "1-00:00:00", None, 40),  # long jobs: never below 4 x max_workers
+        (0, "01:00:00", None, 0),
+        (10, "01:00:00", 7, 7),
+        (10, "01:00:00", 0, 0),  # an explicit 0 submits nothing
+    ],
+)
+def test_submit_ceiling_default(
+    max_workers: int, wall: str, explicit: int | None, ceiling: int
+) -> None:
+    pool = PoolConfig(
+        name="p",
+        max_workers=max_workers,
+        max_submit_per_hour=explicit,
+        slurm=SlurmConfig(time=wall),
+    )
+    assert pool.submit_ceiling == ceiling
+
+
+# ---------------------------------------------------------------------- budgets (issue 8)
+
+
+def core(
+    limit_h: float, burned_h: float = 0.0, reserved_h: float = 0.0, per_h: float = 1.0
+) -> Budget:
+    return Budget("core", limit_h * 3600, burned_h * 3600, reserved_h * 3600, per_h * 3600)
+
+
+@pytest.mark.parametrize(
+    ("case", "budgets", "submit", "state", "reason"),
+    [
+        ("plenty left", (core(100.0),), 10, PoolState.WARMING, "capped by max_pending"),
+        ("room for 3", (core(10.0, burned_h=7.0),), 3, PoolState.WARMING,
+         "submit 3: capped by the core-hours budget 10: 7 burned, 0 reserved by elements in"
+         " flight, 3 left, 1 per new worker (worst case)"),
+        ("in-flight worst case reserved", (core(10.0, burned_h=2.0, reserved_h=6.5),), 1,
+         PoolState.WARMING, "1.5 left"),
+        ("less than one worker left", (core(10.0, burned_h=9.5),), 0,
+         PoolState.BUDGET_EXHAUSTED, "submit 0: capped by the core-hours budget 10: 9.5 burned"),
+        ("overspent", (core(1.0, burned_h=2.0),), 0, PoolState.BUDGET_EXHAUSTED, "-1 left"),
+        ("zero budget", (core(0.0),), 0, PoolState.BUDGET_EXHAUSTED, "core-hours budget 0"),
+        ("gpu binds before core",
+         (core(100.0), Budget("gpu", 2 * 3600.0, 0.0, 0.0, 3600.0)), 2,
+         PoolState.WARMING, "capped by the gpu-hours budget 2"),
+        ("no gpus asked: gpu budget ignored",
+         (Budget("gpu", 0.0, 0.0, 0.0, 0.0),), 10, PoolState.WARMING, "capped by max_pending"),
+    ],
+)  # fmt: skip
+def test_budget_table(
+    case: str, budgets: tuple[Budget, ...], submit: int, state: PoolState, reason: str
+) -> None:
+    d = decide(rules(), obs(**BURST, budgets=budgets))
+    assert (d.submit, d.state) == (submit, state), case
+    assert reason in reasons(d), (case, reasons(d))
+
+
+def test_exhausted_budget_cancels_no_running_worker_and_is_not_a_state_when_idle() -> None:
+    spent = (core(1.0, burned_h=1.0),)
+    busy = decide(rules(), obs(**BURST, registered=5, budgets=spent))
+    assert (busy.submit, busy.cancel_pending, busy.state) == (0, 0, PoolState.BUDGET_EXHAUSTED)
+    idle = decide(rules(), obs(0, budgets=spent))  # nothing wanted: nothing exhausted
+    assert idle.state == PoolState.IDLE
+
+
+def test_budget_allowance_and_description() -> None:
+    gpu = Budget("gpu", 10 * 3600.0, 3 * 3600.0, 1 * 3600.0, 2 * 3600.0, resources=2)
+    assert (gpu.left, gpu.allowance) == (6 * 3600.0, 3)
+    assert gpu.describe() == (
+        "gpu-hours budget 10: 3 burned, 1 reserved by elements in flight, 6 left,"
+        " 2 per new worker (worst case)"
+    )
+    assert Budget("gpu", 0.0, 0.0, 0.0, 0.0, resources=0).allowance > 10**6  # asks for none
+
+
+def test_budget_resumes_when_the_window_moves_on() -> None:
+    assert decide(rules(), obs(**BURST, budgets=(core(5.0, burned_h=5.0),))).submit == 0
+    assert decide(rules(), obs(**BURST, budgets=(core(5.0, burned_h=3.0),))).submit == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rule_sets(),
+    observations(),
+    st.floats(0, 100),
+    st.floats(0, 100),
+    st.floats(0, 50),
+    st.floats(0.01, 10),
+)
+def test_new_workers_worst_case_always_fits_the_budget(
+    rule: PoolRules, seen: Observation, limit: float, burned: float, reserved: float, per: float
+) -> None:
+    budget = core(limit, burned, reserved, per)
+    d = decide(rule, Observation(**{**seen.__dict__, "budgets": (budget,)}))
+    assert d.submit * budget.per_worker <= max(0.0, budget.left) + 1e-6

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hpcscale.config import PoolConfig
-from hpcscale.errors import SchedulerError
+from hpcscale.errors import PermanentSubmitError, SchedulerError
 from hpcscale.schedulers import make_scheduler
 from hpcscale.schedulers.base import ElementState, ElementStatus
 from hpcscale.schedulers.local import LocalScheduler
@@ -155,3 +155,13 @@ def test_make_scheduler_picks_the_backend(tmp_path: Path) -> None:
         local.submit("#!/bin/bash\n", 1, "bad tag; rm")
     with pytest.raises(SchedulerError, match="count"):
         local.submit("#!/bin/bash\n", 0, "ok")
+
+
+def test_test_submit_checks_the_script_and_starts_nothing(tmp_path: Path) -> None:
+    sched = scheduler(tmp_path)
+    sched.test_submit("#!/bin/bash\necho ok\n", 3, unique("tag"))
+    with pytest.raises(PermanentSubmitError, match="bash -n refused"):
+        sched.test_submit("#!/bin/bash\nif then fi (\n", 1, unique("tag"))
+    assert sched.status() == []
+    assert not (tmp_path / "state" / "jobs").exists()
+    assert list((tmp_path / "state" / "preflight").iterdir()) == []

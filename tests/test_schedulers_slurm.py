@@ -325,3 +325,41 @@ def test_scancel_of_unknown_ids_is_not_an_error(lab: tuple[str, str]) -> None:
     with pytest.raises(SchedulerError):
         scheduler.cancel(["1;rm -rf /"])
     subprocess.run(["squeue", "-h"], check=True, capture_output=True)  # the lab is still fine
+
+
+@pytest.mark.slurm
+def test_test_submit_passes_a_valid_script_and_creates_nothing(
+    lab: tuple[str, str], tmp_path: Path
+) -> None:
+    scheduler = SlurmScheduler(unique("m"), "cpu")
+    tag = unique("tag")
+    scheduler.test_submit(job_script(tmp_path), 3, tag)
+    time.sleep(0.5)
+    assert scheduler.find(tag) == [] and scheduler.status() == []
+
+
+@pytest.mark.slurm
+def test_test_submit_refuses_an_invalid_partition_with_slurms_message(
+    lab: tuple[str, str], tmp_path: Path
+) -> None:
+    scheduler = SlurmScheduler(unique("m"), "cpu")
+    bad = script("true", "--partition=no_such_partition", f"--output={tmp_path}/o")
+    with pytest.raises(PermanentSubmitError, match="invalid partition specified: no_such_part"):
+        scheduler.test_submit(bad, 2, unique("tag"))
+
+
+@pytest.mark.slurm
+def test_test_submit_uses_a_real_submits_argv(lab: tuple[str, str], fake_bin: Path) -> None:
+    seen = fake_bin.parent / "argv"
+    fake_command(fake_bin, "sbatch", f'echo "$@" > "{seen}"\ncat >/dev/null\n')
+    scheduler = SlurmScheduler(unique("m"), "cpu", throttle=2)
+    scheduler.test_submit("#!/bin/bash\ntrue\n", 5, "t1")
+    real = sbatch_argv(scheduler.job_name, "t1", 5, 2)
+    assert seen.read_text().split() == ["--test-only", *real[1:]]
+    fake_command(fake_bin, "sbatch", 'echo "sbatch: error: Socket timed out" >&2\nexit 1\n')
+    with pytest.raises(TransientSchedulerError):
+        scheduler.test_submit("#!/bin/bash\ntrue\n", 1, "t2")
+    fake_command(fake_bin, "sbatch", 'echo "sbatch: error: something new" >&2\nexit 1\n')
+    with pytest.raises(SchedulerError, match="something new") as info:
+        scheduler.test_submit("#!/bin/bash\ntrue\n", 1, "t3")
+    assert not isinstance(info.value, TransientSchedulerError | PermanentSubmitError)

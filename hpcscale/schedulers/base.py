@@ -1,10 +1,11 @@
 """The scheduler interface: the manager's only hands on a cluster.
 
 In the spirit of Parsl's providers, kept small: `submit` one array of `count` elements tagged
-with the submission's tag, `status` of every element of this manager (one scheduler query per
-cycle for all pools), `cancel` whole submissions or pending elements only, plus the adapter's
-limits (`max_array_size`). Each adapter translates its own state codes into `ElementState`
-with a table next to it (see `slurm.SLURM_STATES`, `local.py`).
+with the submission's tag, `test_submit` the same without creating anything (pre-flight),
+`status` of every element of this manager (one scheduler query per cycle for all pools),
+`cancel` whole submissions or pending elements only, plus the adapter's limits
+(`max_array_size`). Each adapter translates its own state codes into `ElementState` with a
+table next to it (see `slurm.SLURM_STATES`, `local.py`).
 
 Schedulers know nothing of the statestore: they take a script, a count and a tag, and report
 what the cluster says.
@@ -155,6 +156,16 @@ class Scheduler(ABC):
         failure the adapter looks the tag up before retrying. Raises PermanentSubmitError for
         refusals a retry will not fix, TransientSchedulerError when the outcome is unknown
         (the caller must treat the tag as unconfirmed and reconcile with `find`).
+        """
+
+    @abstractmethod
+    def test_submit(self, script: str, count: int, tag: str) -> None:
+        """The scheduler's own test of a submission, creating nothing (Slurm: `sbatch
+        --test-only` with the argv a real submit would use): the manager's pre-flight check.
+
+        Returns when the scheduler would accept it. Raises PermanentSubmitError (or
+        SchedulerError) with the scheduler's message when it would refuse it, and
+        TransientSchedulerError when the scheduler could not be asked (the check is retried).
         """
 
     @abstractmethod

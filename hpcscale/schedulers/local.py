@@ -27,7 +27,7 @@ from typing import Any
 
 import hpcscale
 from hpcscale import proc
-from hpcscale.errors import CommandError, SchedulerError
+from hpcscale.errors import CommandError, PermanentSubmitError, SchedulerError
 from hpcscale.schedulers.base import (
     ElementState,
     ElementStatus,
@@ -165,6 +165,26 @@ class LocalScheduler(Scheduler):
             job["supervisors"][str(index)] = proc_identity(child.pid)
         write_json(job_dir / "job.json", job)
         return Submission(tag=tag, job_ids=[job_id], count=count)
+
+    def test_submit(self, script: str, count: int, tag: str) -> None:
+        """Pre-flight: the script can be written to the state directory, made executable and
+        parsed by bash (`bash -n`), as `submit` would run it; nothing is started."""
+        check_tag(tag)
+        split_count(count, self.max_array_size)
+        path = self.root / "preflight" / f"{tag}.sh"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(script)
+            path.chmod(0o700)
+        except OSError as exc:
+            raise PermanentSubmitError(f"cannot write the job script {path}: {exc}") from exc
+        try:
+            proc.run(["bash", "-n", str(path)], timeout=30.0)
+        except CommandError as exc:
+            detail = exc.stderr.strip() or str(exc)
+            raise PermanentSubmitError(f"bash -n refused the job script: {detail}") from exc
+        finally:
+            path.unlink(missing_ok=True)
 
     def _reap(self) -> None:
         """Collect our own finished supervisors so they do not linger as zombies."""

@@ -9,14 +9,19 @@ pyslurm must match the cluster's Slurm release exactly (PyPI's pyslurm refuses t
 against Debian's Slurm 22.05), so this backend is tested only where `import pyslurm` works;
 elsewhere constructing it raises SchedulerError("pyslurm is not importable: ...").
 Written against pyslurm's object API (>= 23.2: JobSubmitDescription, Jobs, Job).
+
+Pre-flight (`test_submit`): pyslurm's object API has no test-only submission, so the check runs
+`sbatch --test-only` (SlurmScheduler's) when sbatch is on PATH; where it is not, it raises
+PreflightUnsupported and the manager skips the check, saying so, instead of blocking the pool.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
-from hpcscale.errors import CommandError, SchedulerError
+from hpcscale.errors import CommandError, PreflightUnsupported, SchedulerError
 from hpcscale.schedulers.base import ElementState, ElementStatus
 from hpcscale.schedulers.slurm import SLURM_STATES, SlurmScheduler, expand_indices
 
@@ -38,6 +43,14 @@ class PyslurmScheduler(SlurmScheduler):
     def __init__(self, manager: str, pool: str, **kwargs: Any) -> None:
         self._pyslurm = import_pyslurm()
         super().__init__(manager, pool, **kwargs)
+
+    def test_submit(self, script: str, count: int, tag: str) -> None:
+        if shutil.which("sbatch") is None:
+            raise PreflightUnsupported(
+                "pyslurm has no test-only submission and sbatch is not on PATH: "
+                "the job script cannot be checked before it is submitted"
+            )
+        super().test_submit(script, count, tag)
 
     def _rpc_error(self, what: str, exc: Exception) -> CommandError:
         """pyslurm's RPC errors carry Slurm's own messages: classify them like sbatch's."""

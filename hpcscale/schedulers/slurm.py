@@ -143,6 +143,13 @@ def sbatch_argv(name: str, tag: str, count: int, throttle: int | None = None) ->
     return ["sbatch", "--parsable", f"--array={array}", f"--job-name={name}", f"--comment={tag}"]
 
 
+def slurm_message(exc: CommandError) -> str:
+    """Slurm's own words from a failed command (its stderr lines), else the whole error."""
+    lines = [line.strip() for line in (exc.stderr or exc.stdout or "").splitlines()]
+    text = " | ".join(line for line in lines if line)
+    return text[:2000] if text else str(exc)
+
+
 def parse_job_id(stdout: str) -> str:
     """`sbatch --parsable` prints `jobid` or `jobid;cluster`."""
     first = stdout.strip().splitlines()[-1] if stdout.strip() else ""
@@ -332,7 +339,31 @@ class SlurmScheduler(Scheduler):
         result = proc.run(argv, timeout=self.command_timeout, input_text=script, env=command_env())
         return parse_job_id(result.stdout)
 
+    def _test_only(self, script: str, count: int, tag: str) -> None:
+        """`sbatch --test-only` with the argv of a real submit (the script on its stdin)."""
+        argv = ["sbatch", "--test-only", *sbatch_argv(self.job_name, tag, count, self.throttle)[1:]]
+        proc.run(argv, timeout=self.command_timeout, input_text=script, env=command_env())
+
     # -- interface ---------------------------------------------------------------------------
+
+    def test_submit(self, script: str, count: int, tag: str) -> None:
+        """Pre-flight: Slurm validates partition, account, QOS, time, resources and the
+        script's #SBATCH lines exactly as for a real submission, and creates no job.
+        The first (largest) array chunk is tested: the others differ only in size."""
+        check_tag(tag)
+        size = split_count(count, self.max_array_size)[0]
+        try:
+            self._test_only(script, size, tag)
+        except CommandTimeout as exc:
+            raise TransientSchedulerError(f"sbatch --test-only timed out: {exc}") from exc
+        except CommandError as exc:
+            message = slurm_message(exc)
+            kind = classify(exc.stderr + exc.stdout)
+            if kind == "transient" or exc.returncode is None:
+                raise TransientSchedulerError(f"sbatch --test-only: {message}") from exc
+            if kind == "permanent":
+                raise PermanentSubmitError(message) from exc
+            raise SchedulerError(message) from exc
 
     def submit(self, script: str, count: int, tag: str) -> Submission:
         check_tag(tag)

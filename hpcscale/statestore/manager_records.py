@@ -200,8 +200,12 @@ class ManagerRecords:
         pool: str | None = None,
         open_only: bool = False,
         limit: int = 1000,
+        since: float | None = None,
     ) -> list[Submission]:
+        """Newest first; `since`: only those created at or after it (the hourly ceiling)."""
         query = select(submissions).order_by(submissions.c.created_at.desc()).limit(limit)
+        if since is not None:
+            query = query.where(submissions.c.created_at >= since)
         if manager is not None:
             query = query.where(submissions.c.manager == manager)
         if pool is not None:
