@@ -274,6 +274,34 @@ def gpus_of(slurm: SlurmConfig) -> int:
     return 0
 
 
+class ScheduleConfig(_Strict):
+    """A scheduled window: for `duration` after each time `cron` fires, the pool keeps at least
+    `min_workers` (and, if given, at most `max_workers`)."""
+
+    cron: str
+    duration: Duration
+    min_workers: int = Field(default=0, ge=0)
+    max_workers: int | None = Field(default=None, ge=0)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from hpcscale.windows import parse_cron
+
+        parse_cron(value)
+        return value
+
+    @model_validator(mode="after")
+    def _sane(self) -> ScheduleConfig:
+        if self.duration <= 0:
+            raise ValueError("duration must be positive")
+        if self.max_workers is not None and self.min_workers > self.max_workers:
+            raise ValueError(
+                f"min_workers ({self.min_workers}) must be ≤ max_workers ({self.max_workers})"
+            )
+        return self
+
+
 class PoolConfig(_Strict):
     name: Name
     queues: list[Name] = Field(default_factory=lambda: ["default"], min_length=1)
@@ -290,6 +318,7 @@ class PoolConfig(_Strict):
     # four full turnovers of the pool per hour, 4 * max_workers * ceil(1h / wall time).
     max_submit_per_hour: int | None = Field(default=None, ge=0)
     budget: BudgetConfig | None = None
+    schedule: list[ScheduleConfig] = Field(default_factory=list)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
 

@@ -84,6 +84,7 @@ from hpcscale.schedulers import (
     make_scheduler,
 )
 from hpcscale.server import write_secret
+from hpcscale.windows import active_window, pool_windows
 
 log = logging.getLogger("hpcscale.manager")
 
@@ -385,6 +386,7 @@ class ComputeManager:
             max_workers_override=info.max_workers_override if info else None,
             breaker=breaker,
             blocked=blocked,
+            window=active_window(pool_windows(pool.schedule, pool.max_workers), now),
             submit_allowance=max(0, pool.submit_ceiling - submitted),
             alarm=alarm,
             budgets=budgets,
