@@ -156,7 +156,7 @@ def load_settings(args: argparse.Namespace) -> config.Settings:
 
 def make_client(args: argparse.Namespace, settings: config.Settings | None = None) -> Any:
     from hpcscale.client import Client
-    from hpcscale.server import read_token
+    from hpcscale.tokens import read_token
 
     settings = settings or load_settings(args)
     token = os.environ.get("HPCSCALE_TOKEN") or read_token(settings.server.token_file)
@@ -324,7 +324,7 @@ def status_data(client: Any) -> dict[str, Any]:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from hpcscale.server import write_secret
+    from hpcscale.tokens import write_secret
 
     queues = [q.strip() for q in args.queues.split(",")] if args.queues else None
     with make_client(args) as client:

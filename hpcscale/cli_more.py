@@ -137,7 +137,7 @@ def worker_options(args: argparse.Namespace, settings: config.Settings) -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from hpcscale.server import read_token
+    from hpcscale.tokens import read_token
     from hpcscale.worker import run_worker
 
     settings = config.load(args.config)
@@ -171,7 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_manager(args: argparse.Namespace) -> int:
     from hpcscale.manager import run_manager
-    from hpcscale.server import read_token
+    from hpcscale.tokens import read_token
 
     settings = config.load(args.config)
     token = os.environ.get("HPCSCALE_TOKEN") or read_token(settings.server.token_file)

@@ -83,7 +83,7 @@ from hpcscale.schedulers import (
     Scheduler,
     make_scheduler,
 )
-from hpcscale.server import write_secret
+from hpcscale.tokens import write_secret
 from hpcscale.windows import active_window, pool_windows
 
 log = logging.getLogger("hpcscale.manager")

@@ -10,8 +10,6 @@ import asyncio
 import collections
 import functools
 import logging
-import os
-import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -36,7 +34,6 @@ from hpcscale import __version__
 from hpcscale.config import Settings
 from hpcscale.errors import (
     AuthError,
-    ConfigError,
     InvalidTransition,
     NotFound,
     StaleLease,
@@ -84,6 +81,7 @@ from hpcscale.models import (
 )
 from hpcscale.pool_metrics import PoolCollector
 from hpcscale.statestore import Store
+from hpcscale.tokens import check_token_file, write_secret
 
 log = logging.getLogger("hpcscale.server")
 Scope = MutableMapping[str, Any]
@@ -757,34 +755,6 @@ def ensure_admin_token(store: Store, token_file: str) -> Path:
     token = store.create_token(Role.ADMIN, None, "admin (first start)")
     write_secret(path, token)
     return path
-
-
-def write_secret(path: Path, secret: str) -> None:
-    """Create `path` with mode 0600 from the start (never briefly world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret + "\n")
-    path.chmod(0o600)
-
-
-def check_token_file(path: Path) -> None:
-    """A token file others can read is refused: anyone on the login node could act as us."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ConfigError([f"server.token_file: {path} has mode {mode:04o}; run chmod 600 {path}"])
-
-
-def read_token(path_text: str) -> str:
-    path = Path(path_text).expanduser()
-    try:
-        check_token_file(path)
-        token = path.read_text().strip()
-    except FileNotFoundError as exc:
-        raise ConfigError([f"server.token_file: {path} does not exist"]) from exc
-    if not token:
-        raise ConfigError([f"server.token_file: {path} is empty"])
-    return token
 
 
 def build_uvicorn(app: FastAPI, settings: Settings) -> Any:

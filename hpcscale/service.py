@@ -6,8 +6,9 @@ import logging
 import threading
 
 from hpcscale.config import Settings
-from hpcscale.server import build_uvicorn, create_app, ensure_admin_token, read_token
+from hpcscale.server import build_uvicorn, create_app, ensure_admin_token
 from hpcscale.statestore import Store, open_store
+from hpcscale.tokens import read_token
 
 log = logging.getLogger("hpcscale.service")
 

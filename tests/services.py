@@ -15,7 +15,7 @@ import httpx
 from hpcscale import config
 from hpcscale.client import Client
 from hpcscale.models import Role
-from hpcscale.server import write_secret
+from hpcscale.tokens import write_secret
 from tests.conftest import free_port
 
 POOL_TOML = """

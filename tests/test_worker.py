@@ -13,7 +13,7 @@ import pytest
 
 from hpcscale.client import Client
 from hpcscale.models import Control, Role, TaskSpec, TaskState
-from hpcscale.server import write_secret
+from hpcscale.tokens import write_secret
 from hpcscale.worker import (
     WorkerOptions,
     WorkerState,
