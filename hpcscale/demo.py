@@ -124,18 +124,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Until the server process we started answers /healthz; an error if it dies or stalls."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise HpcscaleError("the demo's server exited at start; see its log")
+            raise HpcscaleError(f"the server at {url} exited at start; see its log")
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise HpcscaleError("the demo's server did not answer within 30 s")
+    raise HpcscaleError(f"the server at {url} did not answer within {timeout:g} s")
 
 
 def run_demo(
@@ -157,7 +158,7 @@ def run_demo(
         start_new_session=True,
     )
     try:
-        _wait_healthy(url, serve)
+        wait_healthy(url, serve)
         token = (root / "token").read_text().strip()
         with Client(url, token) as client:
             return _drive(client, root, tasks, max_workers, seed, say, as_json)

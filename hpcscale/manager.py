@@ -695,18 +695,7 @@ class ComputeManager:
             try:
                 result = self.cycle()
                 backoff = 1.0
-            except ClientError as exc:
-                if exc.status == 409:
-                    log.error("%s", exc)
-                    if once:
-                        return 1
-                log.warning("cycle failed: %s; retrying in %.0fs", exc, backoff)
-                if once:
-                    return 1
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, self.settings.manager.poll_interval)
-                continue
-            except HpcscaleError as exc:
+            except HpcscaleError as exc:  # the store, the scheduler, or a live twin (409)
                 log.warning("cycle failed: %s; retrying in %.0fs", exc, backoff)
                 if once:
                     return 1

@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from hpcscale import config
 from hpcscale.client import Client
+from hpcscale.demo import wait_healthy
+from hpcscale.errors import HpcscaleError
 from hpcscale.models import Role
 from hpcscale.tokens import write_secret
 from tests.conftest import free_port
@@ -129,17 +128,10 @@ state_dir = "{self.root}/manager"
              "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env,
         )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {(self.root / 'server.log').read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not answer /healthz in time")
+        try:
+            wait_healthy(self.url, self.process, timeout)
+        except HpcscaleError as exc:
+            raise RuntimeError(f"{exc}: {(self.root / 'server.log').read_text()}") from exc
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None and self.process.poll() is None:
