@@ -62,13 +62,6 @@ def run(
     return Completed(args, proc.returncode, out, err)
 
 
-def with_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """The current environment plus `extra`, for commands that need e.g. SLURM_CONF."""
-    merged = dict(os.environ)
-    merged.update(extra)
-    return merged
-
-
 def spawn(
     argv: Sequence[str],
     *,
