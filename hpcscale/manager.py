@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hpcscale import estimate
@@ -391,7 +391,7 @@ class ComputeManager:
             alarm=alarm,
             budgets=budgets,
         )
-        decision = decide(rules, obs)
+        decision = self.decide(pool, obs)
         previous = self.last.get(pool.name)
         if decision.state == PoolState.BUDGET_EXHAUSTED and (
             previous is None or previous.state != PoolState.BUDGET_EXHAUSTED
@@ -449,9 +449,13 @@ class ComputeManager:
 
     # ------------------------------------------------------------------ helpers
 
+    def decide(self, pool: PoolConfig, obs: Observation) -> Decision:
+        """The decision on one observation; the simulator's `decide` must agree (tested on a
+        recorded sequence)."""
+        return decide(self._rules(pool), obs)
+
     def _rules(self, pool: PoolConfig) -> PoolRules:
-        rules = rules_from_pool(pool, self.schedulers[pool.name].max_array_size)
-        return replace(rules, max_submit_per_hour=pool.submit_ceiling)
+        return rules_from_pool(pool, self.schedulers[pool.name].max_array_size)
 
     def _duration(self, pool: PoolConfig, backlog: Sequence[Backlog]) -> float:
         counts = {b.queue: b.count for b in backlog}

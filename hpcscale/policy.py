@@ -27,6 +27,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from hpcscale.config import PoolConfig
 
@@ -59,7 +60,7 @@ class PoolRules:
     max_array_size: int = 1000
     cancel_unneeded_pending: bool = False
     max_submit_per_hour: int | None = None  # the runaway ceiling, for the reason text (the
-    # manager sets it; the allowance left of it comes in the observation)
+    # allowance left of it comes in the observation)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,14 @@ class Observation:
     @property
     def all_in_flight(self) -> int:
         return self.unconfirmed + self.pending + self.starting + self.registered
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Observation:
+        """An observation back from its recorded form (`dataclasses.asdict`, then JSON), so a
+        recorded sequence can be decided again by the manager or the simulator."""
+        window = data.get("window")
+        budgets = tuple(Budget(**b) for b in data.get("budgets") or ())
+        return cls(**{**data, "window": tuple(window) if window else None, "budgets": budgets})
 
 
 @dataclass(frozen=True)
@@ -368,4 +377,5 @@ def rules_from_pool(pool: PoolConfig, max_array_size: int = 1000) -> PoolRules:
         lifetime=lifetime,
         max_array_size=max_array_size,
         cancel_unneeded_pending=pool.cancel_unneeded_pending,
+        max_submit_per_hour=pool.submit_ceiling,
     )

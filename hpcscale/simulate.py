@@ -717,7 +717,7 @@ class Simulation:
     def _cycle_pool(self, pool: _Pool) -> None:
         """observe -> decide -> act, as manager.ComputeManager._cycle_pool does."""
         obs = self._observe(pool)
-        decision = decide(pool.rules, obs)
+        decision = self.decide(pool.cfg.name, obs)
         if decision.cancel_pending:
             self._cancel_pending(pool, decision.cancel_pending)
         if decision.submit > 0:
@@ -736,6 +736,12 @@ class Simulation:
         pool.result.est_duration = obs.est_duration
         if self.record:
             self.decisions.append((pool.cfg.name, obs, decision))
+
+    def decide(self, pool_name: str, obs: Observation) -> Decision:
+        """The decision on one observation; the manager's `decide` must agree (tested on a
+        recorded sequence)."""
+        pool = next(p for p in self.pools if p.cfg.name == pool_name)
+        return decide(pool.rules, obs)
 
     def _observe(self, pool: _Pool) -> Observation:
         """The Observation the manager builds for this pool now.
