@@ -340,6 +340,7 @@ def test_rules_from_pool(wall: str, max_time: float, lifetime: float) -> None:
         lifetime=lifetime,
         max_array_size=77,
         cancel_unneeded_pending=True,
+        max_submit_per_hour=pool.submit_ceiling,
     )
 
 
