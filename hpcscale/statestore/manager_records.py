@@ -230,11 +230,18 @@ class ManagerRecords:
                     tasks.c.lease_owner == worker_id, tasks.c.state == TaskState.RUNNING.value
                 )
             ).all()
+            moved = []
             for task in held:
                 dead = task.attempts >= task.max_attempts
-                conn.execute(
+                # Only if the lease is still that worker's: on PostgreSQL the rows above are not
+                # locked, and an expiry, a cancel or another claim may have moved the task since.
+                changed = conn.execute(
                     update(tasks)
-                    .where(tasks.c.id == task.id)
+                    .where(
+                        tasks.c.id == task.id,
+                        tasks.c.lease_owner == worker_id,
+                        tasks.c.state == TaskState.RUNNING.value,
+                    )
                     .values(
                         state=(TaskState.DEAD if dead else TaskState.WAITING).value,
                         lease_owner=None,
@@ -243,6 +250,8 @@ class ManagerRecords:
                         reason=f"worker lost: {reason}" if dead else None,
                     )
                 )
+                if changed.rowcount == 1:
+                    moved.append(task)
             if row.state in LIVE:
                 conn.execute(
                     update(workers)
@@ -253,7 +262,18 @@ class ManagerRecords:
                 )
             self._events(
                 conn,
-                [{"ts": now, "kind": "worker.lost", "worker_id": worker_id, "detail": reason}]
+                # Every row names every column: an executemany insert takes its columns from
+                # the first row, so a key missing there is dropped from all the others (the
+                # task events below lost their task_id that way).
+                [
+                    {
+                        "ts": now,
+                        "kind": "worker.lost",
+                        "task_id": None,
+                        "worker_id": worker_id,
+                        "detail": reason,
+                    }
+                ]
                 + [
                     {
                         "ts": now,
@@ -262,10 +282,10 @@ class ManagerRecords:
                         "worker_id": worker_id,
                         "detail": f"worker lost: {reason}",
                     }
-                    for t in held
+                    for t in moved
                 ],
             )
-        return sorted(t.id for t in held)
+        return sorted(t.id for t in moved)
 
     # ------------------------------------------------------------------ history and decisions
 
@@ -288,10 +308,12 @@ class ManagerRecords:
                 )
                 .order_by(events.c.ts)
             ).all()
+            # The newest first down ix_workers_pool_started, not max() over the pool's history.
             last = conn.execute(
-                select(func.max(workers.c.started_at)).where(
-                    workers.c.pool == pool, workers.c.submission.is_not(None)
-                )
+                select(workers.c.started_at)
+                .where(workers.c.pool == pool, workers.c.submission.is_not(None))
+                .order_by(workers.c.started_at.desc())
+                .limit(1)
             ).scalar()
         return PoolHistory(
             queue_waits=[max(0.0, float(w.wait)) for w in waits],

@@ -1,14 +1,22 @@
 """The statestore's tables, one definition for SQLite and PostgreSQL.
 
 SCHEMA_VERSION is written into `meta` when the database is created; a later release that
-changes a table bumps it and migrates from the stored number.
+changes a table bumps it and migrates from the stored number (`upgrade`). A new table alone needs
+no bump: it is created when an older database is opened.
+
+Version 2: `waiting_counts`, kept by triggers on `tasks` (`install_counters`), and the indexes
+the manager's cycle seeks with at 10^6 tasks and 10^4 workers (bench/scale.py, BENCHMARKS.md
+"Scale").
 """
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     Float,
     Index,
     Integer,
@@ -16,10 +24,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     text,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+log = logging.getLogger("hpcscale.statestore")
 
 metadata = MetaData()
 
@@ -64,6 +74,31 @@ Index("ix_tasks_lease_owner", tasks.c.lease_owner)
 Index("ix_tasks_running_expiry", tasks.c.state, tasks.c.lease_expiry)
 # Recent durations per queue.
 Index("ix_tasks_ended", tasks.c.queue, tasks.c.state, tasks.c.ended_at)
+# The oldest waiting task of a queue (claimable's age): one seek. Partial, so it holds only the
+# waiting tasks; queries must say `state = 'waiting'` as a literal for the planners to use it.
+Index(
+    "ix_tasks_waiting_age",
+    tasks.c.queue,
+    tasks.c.submitted_at,
+    sqlite_where=tasks.c.state == "waiting",
+    postgresql_where=tasks.c.state == "waiting",
+)
+
+# Waiting tasks per queue, kept by triggers on `tasks` (install_counters): claimable reads these
+# few rows instead of counting 10^6 tasks. Only `waiting` is counted, so a claim costs one bump
+# per task and a result none. On PostgreSQL each server connection (backend) bumps a shard of
+# its own, its pid: no two transactions ever write the same row, so writers neither wait for one
+# another nor deadlock; the shards of backends gone are folded into shard 0 when a store opens
+# (fold_counters). SQLite, one writer at a time, has shard 0 only. A count is the sum of its
+# shards.
+waiting_counts = Table(
+    "waiting_counts",
+    metadata,
+    Column("queue", String(64), primary_key=True),
+    Column("shard", BigInteger, primary_key=True, autoincrement=False),
+    Column("n", BigInteger, nullable=False),
+    Column("slots", BigInteger, nullable=False),
+)
 
 batches = Table(
     "batches",
@@ -95,6 +130,8 @@ workers = Table(
 )
 Index("ix_workers_pool_state", workers.c.pool, workers.c.state)
 Index("ix_workers_state_heartbeat", workers.c.state, workers.c.last_heartbeat)
+# A pool's workers started since a time (the manager's look-back), newest first (its history).
+Index("ix_workers_pool_started", workers.c.pool, workers.c.started_at)
 
 pools = Table(
     "pools",
@@ -117,7 +154,11 @@ events = Table(
     Column("worker_id", String(64)),
     Column("detail", Text),
 )
-Index("ix_events_kind", events.c.kind, events.c.id)
+# text_pattern_ops on PostgreSQL: a kind prefix (`events --kind-prefix`, the manager's look for
+# failed starts) is then a range of this index whatever the database's collation.
+ix_events_kind = Index(
+    "ix_events_kind", events.c.kind, events.c.id, postgresql_ops={"kind": "text_pattern_ops"}
+)
 Index("ix_events_task", events.c.task_id)
 
 tokens = Table(
@@ -149,6 +190,8 @@ submissions = Table(
     Column("detail", Text),
 )
 Index("ix_submissions_manager_state", submissions.c.manager, submissions.c.state)
+# A pool's submissions of the last hour (max_submit_per_hour), whatever the history's length.
+Index("ix_submissions_pool_created", submissions.c.pool, submissions.c.created_at)
 
 managers = Table(
     "managers",
@@ -172,3 +215,149 @@ decisions = Table(
 )
 Index("ix_decisions_pool", decisions.c.pool, decisions.c.id)
 Index("ix_workers_submission", workers.c.submission)
+
+# Per worker host: its streak of failed tasks and whether it is denied claims (hosts.py).
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("host", String(255), primary_key=True),
+    Column("fail_streak", Integer, nullable=False, server_default=text("0")),
+    Column("streak_started", Float),
+    Column("last_failure", Float),
+    Column("last_detail", Text),
+    Column("denied_until", Float),
+    Column("denials", Integer, nullable=False, server_default=text("0")),
+)
+
+
+# ---------------------------------------------------------------------- waiting_counts' triggers
+
+# A task counts while its state is 'waiting': inserted so, or moved in or out by an update (a
+# claim, a requeue, a release, a cancel); a lease renewal or a result fires nothing.
+_COUNTED_UPDATE = (
+    "(OLD.state = 'waiting' OR NEW.state = 'waiting') AND (OLD.state IS NOT NEW.state "
+    "OR OLD.queue IS NOT NEW.queue OR OLD.slots IS NOT NEW.slots)"
+)
+_SQLITE_ADD = (
+    "INSERT INTO waiting_counts (queue, shard, n, slots) SELECT NEW.queue, 0, 1, NEW.slots "
+    "WHERE NEW.state = 'waiting' "
+    "ON CONFLICT (queue, shard) DO UPDATE SET n = n + 1, slots = slots + excluded.slots"
+)
+_SQLITE_REMOVE = (
+    "UPDATE waiting_counts SET n = n - 1, slots = slots - OLD.slots "
+    "WHERE OLD.state = 'waiting' AND queue = OLD.queue AND shard = 0"
+)
+COUNTER_TRIGGERS = ("tasks_counted_insert", "tasks_counted_update", "tasks_counted_delete")
+SQLITE_COUNTERS = (
+    "DROP TRIGGER IF EXISTS tasks_counted_insert",
+    "CREATE TRIGGER tasks_counted_insert AFTER INSERT ON tasks WHEN NEW.state = 'waiting' "
+    f"BEGIN {_SQLITE_ADD}; END",
+    "DROP TRIGGER IF EXISTS tasks_counted_update",
+    "CREATE TRIGGER tasks_counted_update AFTER UPDATE OF queue, state, slots ON tasks "
+    f"WHEN {_COUNTED_UPDATE} BEGIN {_SQLITE_REMOVE}; {_SQLITE_ADD}; END",
+    "DROP TRIGGER IF EXISTS tasks_counted_delete",
+    "CREATE TRIGGER tasks_counted_delete AFTER DELETE ON tasks WHEN OLD.state = 'waiting' "
+    f"BEGIN {_SQLITE_REMOVE}; END",
+)
+
+# hpcscale_count_waiting adds (dn, ds) to this backend's shard. Inserts and deletes are counted
+# per statement (a submit of 10,000 tasks is one bump), updates per row that moves a task in or
+# out of `waiting` (the WHEN clause is checked without calling the function).
+_PG_COUNTED_UPDATE = _COUNTED_UPDATE.replace("IS NOT", "IS DISTINCT FROM")
+_PG_BUMP = (  # inline in the row trigger: a call of hpcscale_count_waiting per row costs more
+    "INSERT INTO waiting_counts AS c (queue, shard, n, slots) "
+    "VALUES ({row}.queue, pg_backend_pid(), {sign}1, {sign}{row}.slots) "
+    "ON CONFLICT (queue, shard) DO UPDATE "
+    "SET n = c.n + excluded.n, slots = c.slots + excluded.slots"
+)
+POSTGRES_COUNTERS = (
+    """CREATE OR REPLACE FUNCTION hpcscale_count_waiting(q text, dn bigint, ds bigint)
+RETURNS void LANGUAGE sql AS $$
+  INSERT INTO waiting_counts AS c (queue, shard, n, slots) VALUES (q, pg_backend_pid(), dn, ds)
+  ON CONFLICT (queue, shard) DO UPDATE SET n = c.n + excluded.n, slots = c.slots + excluded.slots
+$$""",
+    f"""CREATE OR REPLACE FUNCTION hpcscale_tasks_updated() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.state = 'waiting' THEN
+    {_PG_BUMP.format(row="OLD", sign="-")};
+  END IF;
+  IF NEW.state = 'waiting' THEN
+    {_PG_BUMP.format(row="NEW", sign="")};
+  END IF;
+  RETURN NULL;
+END $$""",
+    """CREATE OR REPLACE FUNCTION hpcscale_tasks_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM hpcscale_count_waiting(queue, count(*), sum(slots)) FROM added
+    WHERE state = 'waiting' GROUP BY queue;
+  RETURN NULL;
+END $$""",
+    """CREATE OR REPLACE FUNCTION hpcscale_tasks_deleted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM hpcscale_count_waiting(queue, -count(*), -sum(slots)) FROM removed
+    WHERE state = 'waiting' GROUP BY queue;
+  RETURN NULL;
+END $$""",
+    "DROP TRIGGER IF EXISTS tasks_counted_insert ON tasks",
+    "CREATE TRIGGER tasks_counted_insert AFTER INSERT ON tasks REFERENCING NEW TABLE AS added "
+    "FOR EACH STATEMENT EXECUTE FUNCTION hpcscale_tasks_inserted()",
+    "DROP TRIGGER IF EXISTS tasks_counted_update ON tasks",
+    "CREATE TRIGGER tasks_counted_update AFTER UPDATE OF queue, state, slots ON tasks "
+    f"FOR EACH ROW WHEN ({_PG_COUNTED_UPDATE}) EXECUTE FUNCTION hpcscale_tasks_updated()",
+    "DROP TRIGGER IF EXISTS tasks_counted_delete ON tasks",
+    "CREATE TRIGGER tasks_counted_delete AFTER DELETE ON tasks REFERENCING OLD TABLE AS removed "
+    "FOR EACH STATEMENT EXECUTE FUNCTION hpcscale_tasks_deleted()",
+)
+# One folder at a time (a fixed advisory lock); the shards of backends no longer connected go
+# into shard 0 (no backend has pid 0). A backend's own shard is never folded while it lives.
+_PG_FOLD = (
+    "SELECT pg_advisory_xact_lock(7468723)",  # any fixed number: hpcscale's fold
+    "WITH gone AS (DELETE FROM waiting_counts WHERE shard <> 0 AND shard NOT IN "
+    "(SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL) RETURNING queue, n, slots) "
+    "INSERT INTO waiting_counts AS c (queue, shard, n, slots) "
+    "SELECT queue, 0, sum(n), sum(slots) FROM gone GROUP BY queue "
+    "ON CONFLICT (queue, shard) DO UPDATE "
+    "SET n = c.n + excluded.n, slots = c.slots + excluded.slots",
+)
+
+
+def install_counters(conn: Connection) -> None:
+    """(Re)create waiting_counts' triggers and recount it from `tasks`, in the caller's write
+    transaction. No task changes in between: SQLite's writer holds the database
+    (BEGIN IMMEDIATE); on PostgreSQL the lock taken first holds off writers (not readers)."""
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        conn.exec_driver_sql("LOCK TABLE tasks IN SHARE ROW EXCLUSIVE MODE")
+    for statement in POSTGRES_COUNTERS if postgres else SQLITE_COUNTERS:
+        conn.exec_driver_sql(statement)
+    conn.execute(delete(waiting_counts))
+    conn.exec_driver_sql(
+        "INSERT INTO waiting_counts (queue, shard, n, slots) "
+        "SELECT queue, 0, count(*), coalesce(sum(slots), 0) FROM tasks "
+        "WHERE state = 'waiting' GROUP BY queue"
+    )
+
+
+def fold_counters(conn: Connection) -> None:
+    """PostgreSQL: fold the shards of backends that are gone into shard 0, so that the shards
+    stay about as many as the server's connections. Nothing to do on SQLite."""
+    if conn.dialect.name == "postgresql":
+        for statement in _PG_FOLD:
+            conn.exec_driver_sql(statement)
+
+
+def upgrade(conn: Connection, found: int) -> None:
+    """Bring a database of schema version `found` to SCHEMA_VERSION, in the caller's write
+    transaction (the caller records the new number). New tables are already there: create_all
+    makes them, but not new indexes of the tables it finds."""
+    log.warning("upgrading the database from schema %d to %d", found, SCHEMA_VERSION)
+    if found < 2:
+        if conn.dialect.name == "postgresql":  # ix_events_kind is text_pattern_ops now
+            conn.exec_driver_sql("DROP INDEX IF EXISTS ix_events_kind")
+        for table in metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
+        install_counters(conn)

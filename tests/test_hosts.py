@@ -1,0 +1,123 @@
+"""A worker host that fails task after task is denied claims for a while, and `status` says so."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from hpcscale import display
+from hpcscale.cli import status_data
+from hpcscale.client import Client
+from hpcscale.models import Role, TaskResult, TaskSpec, WorkerRegistration
+from hpcscale.statestore import Store
+from hpcscale.statestore.hosts import SETTLE, HostRules
+from tests.conftest import FakeClock, LiveServer
+
+RULES = HostRules(limit=3, window=60.0, deny_for=300.0)
+
+
+def _store(make_store: Callable[..., Store], clock: FakeClock) -> Store:
+    return make_store(lease_ttl=10.0, clock=clock, host_rules=RULES)
+
+
+def _on(store: Store, host: str) -> str:
+    return store.register_worker(WorkerRegistration(pool="cpu", host=host)).id
+
+
+def _run_one(store: Store, worker: str, success: bool) -> int:
+    """Claim one task and report it; returns how many were claimed (0 when denied)."""
+    claimed = store.claim(worker, ["default"], 1, 1)
+    for task in claimed:
+        store.results(
+            worker,
+            [TaskResult(task_id=task.id, fence=task.fence, success=success, exit_code=1 - success)],
+        )
+    return len(claimed)
+
+
+def _settle(store: Store, clock: FakeClock) -> list[str]:
+    clock.advance(SETTLE + 0.1)
+    return store.account_hosts()
+
+
+def test_failures_in_a_row_deny_the_host_until_its_time_is_up(
+    make_store: Callable[..., Store], clock: FakeClock
+) -> None:
+    store = _store(make_store, clock)
+    store.submit([TaskSpec(command=["x"], max_attempts=20)] * 20)
+    bad, good = _on(store, "node-bad"), _on(store, "node-good")
+    store.account_hosts()  # the first pass: nothing failed yet
+    for _ in range(RULES.limit):
+        assert _run_one(store, bad, success=False) == 1
+    assert _settle(store, clock) == ["node-bad"]
+    assert store.claim(bad, ["default"], 1, 1) == []  # denied, though tasks wait
+    assert _run_one(store, good, success=True) == 1  # other hosts are not
+    [info] = [h for h in store.list_hosts() if h.host == "node-bad"]
+    assert info.denied and info.denials == 1 and info.last_detail == "exit 1"
+    assert next(e.detail or "" for e in store.events(kind_prefix="host.denied")).startswith(
+        "node-bad"
+    )
+    clock.advance(RULES.deny_for)
+    store.account_hosts()
+    assert _run_one(store, bad, success=True) == 1  # forgiven when the time is up
+
+
+def test_failures_mixed_with_successes_are_the_tasks_fault(
+    make_store: Callable[..., Store], clock: FakeClock
+) -> None:
+    store = _store(make_store, clock)
+    store.submit([TaskSpec(command=["x"], max_attempts=20)] * 20)
+    worker = _on(store, "node-a")
+    store.account_hosts()
+    for success in [False, False, True, False, False, True, False, False]:
+        _run_one(store, worker, success)
+    assert _settle(store, clock) == []
+    assert _run_one(store, worker, success=True) == 1
+
+
+def test_leases_lost_with_their_worker_count_against_its_host(
+    make_store: Callable[..., Store], clock: FakeClock
+) -> None:
+    store = _store(make_store, clock)
+    store.submit([TaskSpec(command=["x"], max_attempts=20)] * 5)
+    store.account_hosts()
+    for _ in range(RULES.limit):  # a worker that dies with its task, again and again
+        worker = _on(store, "node-flaky")
+        assert len(store.claim(worker, ["default"], 1, 1)) == 1
+        clock.advance(11)
+        assert store.expire() == 1
+    assert _settle(store, clock) == ["node-flaky"]
+    assert store.claim(_on(store, "node-flaky"), ["default"], 1, 1) == []
+
+
+def test_streaks_slower_than_the_window_never_deny(
+    make_store: Callable[..., Store], clock: FakeClock
+) -> None:
+    store = _store(make_store, clock)
+    store.submit([TaskSpec(command=["x"], max_attempts=20)] * 10)
+    worker = _on(store, "node-slow")
+    store.account_hosts()
+    for _ in range(2 * RULES.limit):
+        _run_one(store, worker, success=False)
+        clock.advance(RULES.window / 2 + 1)  # fewer than `limit` within any window
+        store.account_hosts()
+    assert not any(h.denied for h in store.list_hosts())
+
+
+def test_status_shows_a_denied_host_and_an_admin_can_allow_it(live_server: LiveServer) -> None:
+    url, tokens = live_server.url, live_server.tokens
+    with Client(url, tokens[Role.WORKER]) as worker, Client(url, tokens[Role.ADMIN]) as admin:
+        admin.submit([TaskSpec(command=["x"], max_attempts=20)] * 10)
+        wid = worker.register(WorkerRegistration(pool="cpu", host="node-bad")).id
+        for _ in range(5):  # the server's default limit
+            [task] = worker.claim(wid, ["default"], 1, 1)
+            worker.results(wid, [TaskResult(task_id=task.id, fence=task.fence, success=False)])
+        deadline = time.monotonic() + 15  # the reaper's next passes, SETTLE seconds later
+        while not any(h.denied for h in admin.hosts()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = display.status_text(status_data(admin))
+        assert "HOSTS DENIED CLAIMS" in text and "node-bad" in text
+        assert worker.claim(wid, ["default"], 1, 1) == []
+        admin.allow_host("node-bad")
+        assert len(worker.claim(wid, ["default"], 1, 1)) == 1
+        assert "HOSTS DENIED" not in display.status_text(status_data(admin))
