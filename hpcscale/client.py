@@ -8,6 +8,7 @@ stored twice.
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ from hpcscale.models import (
     EventRequest,
     HeartbeatReply,
     HeartbeatRequest,
+    HostInfo,
     Lease,
     ManagerInfo,
     ManagerRegistration,
@@ -70,6 +72,15 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, ServerUnavailable)
 
 
+def _untrusted(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 class Client:
     def __init__(
         self,
@@ -89,7 +100,8 @@ class Client:
             headers=headers,
             timeout=timeout,
             transport=transport,
-            verify=verify,
+            # A CA file becomes a context: httpx deprecates verify=<path>.
+            verify=ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify,
         )
 
     def close(self) -> None:
@@ -138,6 +150,11 @@ class Client:
                 method, path, content=content, headers=headers, params=params
             )
         except httpx.TransportError as exc:
+            if _untrusted(exc):  # retrying cannot make a certificate trusted
+                raise ClientError(
+                    f"{self.url}: the server's TLS certificate is not trusted ({exc}); "
+                    "set [server] tls_ca to the CA that signed it"
+                ) from exc
             raise ServerUnavailable(f"cannot reach {self.url}: {exc}") from exc
         if response.status_code >= 500:
             raise ServerUnavailable(
@@ -285,6 +302,12 @@ class Client:
 
     def pools(self) -> list[PoolInfo]:
         return _list(PoolInfo, self._request("GET", "/v1/pools"))
+
+    def hosts(self) -> list[HostInfo]:
+        return _list(HostInfo, self._request("GET", "/v1/hosts"))
+
+    def allow_host(self, host: str) -> list[HostInfo]:
+        return _list(HostInfo, self._request("POST", f"/v1/hosts/{host}/allow"))
 
     def update_pool(self, pool: str, update: PoolUpdate) -> PoolInfo:
         return self._post(f"/v1/pools/{pool}", update, PoolInfo)

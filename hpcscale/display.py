@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from hpcscale.models import Backlog, DecisionRecord, Event, PoolInfo, Task, Worker
+from hpcscale.models import Backlog, DecisionRecord, Event, HostInfo, PoolInfo, Task, Worker
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -221,5 +221,17 @@ def status_text(data: dict[str, Any]) -> str:
             "",
             "WORKERS",
             workers_table(workers) if workers else "  none live",
+            *hosts_text(data.get("hosts", [])),
         ]
     )
+
+
+def hosts_text(hosts: Sequence[HostInfo]) -> list[str]:
+    """Hosts denied claims, with why and until when; nothing while every host is trusted."""
+    denied = [h for h in hosts if h.denied]
+    if not denied:
+        return []
+    rows = [
+        [h.host, when(h.denied_until), h.denials, clip(h.last_detail or "", 50)] for h in denied
+    ]
+    return ["", "HOSTS DENIED CLAIMS", table(["HOST", "UNTIL", "TIMES", "LAST FAILURE"], rows)]

@@ -8,13 +8,27 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+# No NUL in any string: argv and environment strings cannot hold one, and PostgreSQL text cannot
+# store one (it would be a 500 there, and pass on SQLite).
+NO_NUL = r"^[^\x00]*$"
 QueueName = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 ]
-Text = Annotated[str, StringConstraints(max_length=4096)]
+Text = Annotated[str, StringConstraints(max_length=4096, pattern=NO_NUL)]
 MAX_BATCH = 10_000
+# The largest integers the stores keep: ids and fences are 64-bit (SQLite INTEGER, PostgreSQL
+# BIGINT), counts 32-bit (PostgreSQL INTEGER). A bigger number names nothing stored: a 422
+# naming the field, not a database overflow.
+MAX_INT64 = 2**63 - 1
+MAX_INT32 = 2**31 - 1
+TaskId = Annotated[int, Field(ge=1, le=MAX_INT64)]
+# A command's argv in all (UTF-8, a NUL after each string as exec counts them): the kernel's
+# ARG_MAX (2 MiB by default) must also hold the environment, so a bigger argv could never run.
+MAX_ARGV_BYTES = 1024 * 1024
+MAX_DATA_DEPTH = 32  # DecisionRecord.data
+WorkerId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)]
 
 
 class TaskState(StrEnum):
@@ -39,18 +53,20 @@ class Role(StrEnum):
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or Infinity: JSON has neither, they would come back as null where the schema says
+    # a number, and a NaN where the store wants a value is a NOT NULL violation.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TaskSpec(_Wire):
     """What a user submits: an argv command, never a shell string."""
 
-    command: list[Annotated[str, StringConstraints(max_length=65536)]] = Field(
+    command: list[Annotated[str, StringConstraints(max_length=65536, pattern=NO_NUL)]] = Field(
         min_length=1, max_length=4096
     )
-    env: dict[Annotated[str, StringConstraints(min_length=1, max_length=256)], Text] = Field(
-        default_factory=dict, max_length=1024
-    )
+    env: dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=NO_NUL)], Text
+    ] = Field(default_factory=dict, max_length=1024)
     cwd: Text | None = None
     queue: QueueName = "default"
     priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
@@ -58,10 +74,20 @@ class TaskSpec(_Wire):
     max_attempts: int = Field(default=3, ge=1, le=1000)
     timeout: float | None = Field(default=None, gt=0, le=365 * 86400)
 
+    @field_validator("command")
+    @classmethod
+    def _argv_fits(cls, command: list[str]) -> list[str]:
+        size = sum(len(arg.encode()) + 1 for arg in command)
+        if size > MAX_ARGV_BYTES:
+            raise ValueError(f"argv is {size} bytes in all, over the limit of {MAX_ARGV_BYTES}")
+        return command
+
 
 class SubmitRequest(_Wire):
     tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_BATCH)
-    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    idempotency_key: (
+        Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NO_NUL)] | None
+    ) = None
 
 
 class SubmitReply(_Wire):
@@ -130,11 +156,11 @@ class ClaimedTask(_Wire):
 
 
 class TaskResult(_Wire):
-    task_id: int = Field(ge=1)
-    fence: int = Field(ge=0)
+    task_id: TaskId
+    fence: int = Field(ge=0, le=MAX_INT64)
     success: bool
     exit_code: int | None = Field(default=None, ge=-255, le=255)
-    output_tail: Annotated[str, StringConstraints(max_length=65536)] | None = None
+    output_tail: Annotated[str, StringConstraints(max_length=65536, pattern=NO_NUL)] | None = None
     reason: Text | None = None
     retryable: bool = Field(
         default=True, description="false: the task cannot succeed by retrying (ends `failed`)"
@@ -155,8 +181,8 @@ class ResultsReply(_Wire):
 
 
 class Lease(_Wire):
-    task_id: int = Field(ge=1)
-    fence: int = Field(ge=0)
+    task_id: TaskId
+    fence: int = Field(ge=0, le=MAX_INT64)
 
 
 class ReleaseRequest(_Wire):
@@ -176,7 +202,7 @@ class ReleaseReply(_Wire):
 
 
 class CancelRequest(_Wire):
-    ids: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=MAX_BATCH)
+    ids: list[TaskId] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class CancelReply(_Wire):
@@ -188,9 +214,9 @@ class WorkerRegistration(_Wire):
     queues: list[QueueName] = Field(default_factory=lambda: ["default"], min_length=1)
     host: Text = ""
     slots: int = Field(default=1, ge=1, le=4096)
-    job_id: Annotated[str, StringConstraints(max_length=64)] | None = None
-    array_index: int | None = Field(default=None, ge=0)
-    submission: Annotated[str, StringConstraints(max_length=128)] | None = None
+    job_id: Annotated[str, StringConstraints(max_length=64, pattern=NO_NUL)] | None = None
+    array_index: int | None = Field(default=None, ge=0, le=MAX_INT32)
+    submission: Annotated[str, StringConstraints(max_length=128, pattern=NO_NUL)] | None = None
     expected_end: float | None = None
 
 
@@ -220,6 +246,19 @@ class Worker(_Wire):
     ended_at: float | None = None
 
 
+class HostInfo(_Wire):
+    """A worker host as the store judges it: denied claims after failing task after task."""
+
+    host: str
+    denied: bool = Field(description="no claims from this host's workers until denied_until")
+    denied_until: float | None = None
+    fail_streak: int = Field(description="failed tasks in a row (a success resets it)")
+    streak_started: float | None = None
+    last_failure: float | None = None
+    last_detail: str | None = None
+    denials: int = 0
+
+
 class Control(StrEnum):
     """A pool's orders. Workers act on drain and exit; pause only stops new submissions.
     exit is `drain --cancel-running`: the manager also cancels the running workers."""
@@ -231,7 +270,7 @@ class Control(StrEnum):
 
 
 class HeartbeatRequest(_Wire):
-    running: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, max_length=4096)
+    running: list[TaskId] = Field(default_factory=list, max_length=4096)
     busy_slots: int = Field(default=0, ge=0, le=4096)
 
 
@@ -249,7 +288,7 @@ class PoolUpdate(_Wire):
     control: Control | None = None
     min_workers: int | None = Field(default=None, ge=0, le=1_000_000)
     max_workers: int | None = Field(default=None, ge=0, le=1_000_000)
-    manager: Annotated[str, StringConstraints(max_length=64)] | None = None
+    manager: Annotated[str, StringConstraints(max_length=64, pattern=NO_NUL)] | None = None
 
 
 class PoolInfo(_Wire):
@@ -277,7 +316,7 @@ class Event(_Wire):
 class TokenRequest(_Wire):
     role: Role
     queues: list[QueueName] | None = Field(default=None, max_length=256)
-    name: Annotated[str, StringConstraints(max_length=128)] = ""
+    name: Annotated[str, StringConstraints(max_length=128, pattern=NO_NUL)] = ""
 
 
 class TokenReply(_Wire):
@@ -318,7 +357,7 @@ class SubmissionIntent(_Wire):
 
 class SubmissionUpdate(_Wire):
     state: SubmissionState
-    job_ids: list[Annotated[str, StringConstraints(max_length=64)]] | None = Field(
+    job_ids: list[Annotated[str, StringConstraints(max_length=64, pattern=NO_NUL)]] | None = Field(
         default=None, max_length=10_000
     )
     count: int | None = Field(default=None, ge=0, le=1_000_000)
@@ -338,14 +377,14 @@ class Submission(_Wire):
 
 
 class ManagerRegistration(_Wire):
-    instance: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    instance: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)]
     host: Text = ""
-    pools: dict[QueueName, Annotated[int, Field(ge=0)]] = Field(
+    pools: dict[QueueName, Annotated[int, Field(ge=0, le=1_000_000)]] = Field(
         default_factory=dict, description="pool name -> min_workers", max_length=1000
     )
     stale_after: float = Field(default=90.0, gt=0, le=86400)
-    pid: int = Field(default=0, ge=0)
-    takeover_from: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+    pid: int = Field(default=0, ge=0, le=MAX_INT32)
+    takeover_from: Annotated[str, StringConstraints(max_length=64, pattern=NO_NUL)] | None = Field(
         default=None,
         description="an instance the caller found dead (same host, its pid gone): replace it now",
     )
@@ -364,7 +403,28 @@ class DecisionRecord(_Wire):
     manager: QueueName
     pool: QueueName
     ts: float = 0.0
-    data: dict[str, object] = Field(default_factory=dict)
+    data: dict[str, object] = Field(
+        default_factory=dict, description=f"free-form, at most {MAX_DATA_DEPTH} levels deep"
+    )
+
+    @field_validator("data")
+    @classmethod
+    def _shallow(cls, data: dict[str, object]) -> dict[str, object]:
+        """Stored as given and served back: deeper than pydantic serializes (~255 levels) it
+        would break every later listing of the pool's decisions, so it is refused here."""
+        level: list[dict[str, object] | list[object]] = [data]
+        for depth in range(1, MAX_DATA_DEPTH + 2):
+            level = [
+                child
+                for node in level
+                for child in (node.values() if isinstance(node, dict) else node)
+                if isinstance(child, dict | list)
+            ]
+            if not level:
+                return data
+            if depth > MAX_DATA_DEPTH:
+                break
+        raise ValueError(f"nested deeper than the limit of {MAX_DATA_DEPTH} levels")
 
 
 class PoolHistory(_Wire):

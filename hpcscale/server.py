@@ -24,10 +24,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Route
 
 from hpcscale import __version__
@@ -40,6 +41,8 @@ from hpcscale.errors import (
     StoreError,
 )
 from hpcscale.models import (
+    MAX_INT64,
+    NO_NUL,
     Backlog,
     CancelReply,
     CancelRequest,
@@ -51,6 +54,7 @@ from hpcscale.models import (
     EventRequest,
     HeartbeatReply,
     HeartbeatRequest,
+    HostInfo,
     ManagerInfo,
     ManagerRegistration,
     PoolHistory,
@@ -60,6 +64,7 @@ from hpcscale.models import (
     QueueStats,
     ReleaseReply,
     ReleaseRequest,
+    ResultOutcome,
     ResultsReply,
     ResultsRequest,
     Role,
@@ -77,6 +82,7 @@ from hpcscale.models import (
     WaitReply,
     Worker,
     WorkerGone,
+    WorkerId,
     WorkerRegistration,
 )
 from hpcscale.pool_metrics import PoolCollector
@@ -90,6 +96,44 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 TOKEN_CACHE_SECONDS = 10.0
+
+
+class ApiError(BaseModel):
+    """The body of every error answer, so a client reads one field whatever went wrong."""
+
+    error: str = Field(description="what went wrong, naming the field or object at fault")
+
+
+class InvalidRequest(ApiError):
+    problems: list[str] = Field(description="one per offending field: `field.path: what is wrong`")
+
+
+class StaleResults(ApiError):
+    """409 of a results batch that was entirely stale: nothing changed, each result says so."""
+
+    outcomes: list[ResultOutcome]
+
+
+ERROR_MODELS: list[type[BaseModel]] = [ApiError, InvalidRequest, StaleResults]
+
+
+def _error_doc(description: str, model: type[BaseModel] = ApiError) -> dict[str, Any]:
+    """An error response for `responses=`, as JSON even where the success is text (/metrics)."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+# The answers every authenticated route can give, then those only some routes give.
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error_doc("no bearer token, or an unknown or revoked one"),
+    403: _error_doc("the token's role, or its queues, do not allow this"),
+}
+
+
+def _error(
+    status: int, description: str, model: type[BaseModel] = ApiError
+) -> dict[int | str, Any]:
+    return {status: _error_doc(description, model)}
 
 
 class TokenCache:
@@ -120,6 +164,7 @@ class BodyLimit:
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
+        self.message = f"request body over {limit} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -127,7 +172,7 @@ class BodyLimit:
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await _plain_json(send, 413, f"request body over {self.limit} bytes")
+                await _plain_json(send, 413, self.message)
                 return
         seen = 0
 
@@ -136,17 +181,17 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _BodyTooLarge
+                raise _BodyTooLarge(self.message)
             return message
 
         try:
             await self.app(scope, limited, send)
-        except _BodyTooLarge:
-            await _plain_json(send, 413, f"request body over {self.limit} bytes")
+        except _BodyTooLarge as exc:  # a plain route's; FastAPI's own routes see `_http`
+            await _plain_json(send, 413, str(exc))
 
 
 class _BodyTooLarge(Exception):
-    pass
+    """A streamed body went over the limit (one without a Content-Length)."""
 
 
 async def _plain_json(send: Send, status: int, message: str) -> None:
@@ -253,6 +298,8 @@ class GroupCommit:
 
 
 _CLAIMED = TypeAdapter(list[ClaimedTask])
+_WORKERS = TypeAdapter(list[Worker])
+_WORKER_ID = TypeAdapter(WorkerId)
 
 
 class StoreCollector(Collector):
@@ -415,9 +462,32 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for error in exc.errors():
+            ctx = error.get("ctx", {})
+            if error.get("type") == "json_invalid":  # FastAPI's has the offset in its loc
+                at = "".join(f" at char {p}" for p in error.get("loc", ())[1:2])
+                problems.append(f"body: not valid JSON ({ctx.get('error', 'invalid')}{at})")
+                continue
             loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
-            problems.append(f"{loc}: {error.get('msg', 'invalid')}" if loc else error["msg"])
-        return JSONResponse({"error": "; ".join(problems), "problems": problems}, status_code=422)
+            msg = error.get("msg", "invalid")
+            if ctx.get("pattern") == NO_NUL:
+                msg = "must not contain a NUL character (\\x00)"
+            problems.append(f"{loc}: {msg}" if loc else msg)
+        return _invalid_reply(problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's and FastAPI's own errors (no such path, method not allowed) in our shape.
+
+        FastAPI answers a JSON body it cannot decode (not UTF-8, nested too deep for
+        `json.loads`) with a bare 400; pydantic's parser, on the per-task routes, calls the same
+        bodies invalid JSON (422). One answer for both, naming the body."""
+        if isinstance(exc.__cause__, _BodyTooLarge):  # FastAPI wraps what reading raised
+            return JSONResponse({"error": str(exc.__cause__)}, status_code=413)
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            return _invalid_reply([f"body: not valid JSON ({_parse_failure(exc.__cause__)})"])
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
 
     # -------------------------------------------------------------- routes
 
@@ -426,63 +496,70 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         store.ping()
         return {"status": "ok", "version": __version__}
 
-    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
+    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse, responses=AUTH_ERRORS)
     def metrics_endpoint(_who: Manager) -> PlainTextResponse:
         return PlainTextResponse(
             generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4"
         )
 
-    @app.post("/v1/tasks", tags=["tasks"], status_code=201)
+    @app.post("/v1/tasks", tags=["tasks"], status_code=201, responses=AUTH_ERRORS)
     def submit(body: SubmitRequest, _who: Submitter) -> SubmitReply:
         ids, duplicate = store.submit(body.tasks, body.idempotency_key)
         with new_work:
             new_work.notify_all()
         return SubmitReply(ids=ids, duplicate=duplicate)
 
-    @app.get("/v1/tasks", tags=["tasks"])
+    @app.get("/v1/tasks", tags=["tasks"], responses=AUTH_ERRORS)
     def list_tasks(
         _who: AnyReader,
         state: TaskState | None = None,
         queue: QueueName | None = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
     ) -> list[Task]:
         return store.list_tasks(
             state=state.value if state else None, queue=queue, limit=limit, after_id=after
         )
 
-    @app.get("/v1/tasks/{task_id}", tags=["tasks"])
-    def show_task(task_id: Annotated[int, FPath(ge=1)], _who: AnyReader) -> Task:
+    @app.get(
+        "/v1/tasks/{task_id}",
+        tags=["tasks"],
+        responses=AUTH_ERRORS | _error(404, "no task with this id"),
+    )
+    def show_task(task_id: Annotated[int, FPath(ge=1, le=MAX_INT64)], _who: AnyReader) -> Task:
         return store.get_task(task_id)
 
-    @app.post("/v1/tasks/cancel", tags=["tasks"])
+    @app.post("/v1/tasks/cancel", tags=["tasks"], responses=AUTH_ERRORS)
     def cancel(body: CancelRequest, _who: Submitter) -> CancelReply:
         return CancelReply(cancelled=store.cancel(body.ids))
 
-    @app.get("/v1/queues", tags=["queues"])
+    @app.get("/v1/queues", tags=["queues"], responses=AUTH_ERRORS)
     def backlog(
         _who: AnyReader, queue: Annotated[list[QueueName] | None, Query()] = None
     ) -> list[Backlog]:
         return store.claimable(queue)
 
-    @app.get("/v1/queues/{queue}/stats", tags=["queues"])
+    @app.get("/v1/queues/{queue}/stats", tags=["queues"], responses=AUTH_ERRORS)
     def queue_stats(queue: QueueName, who: Stats) -> QueueStats:
         in_scope(who, [queue])
         return store.queue_stats(queue)
 
-    @app.post("/v1/workers", tags=["workers"], status_code=201)
+    @app.post("/v1/workers", tags=["workers"], status_code=201, responses=AUTH_ERRORS)
     def register(body: WorkerRegistration, who: WorkerTok) -> Worker:
         in_scope(who, body.queues)
         return store.register_worker(body)
 
-    @app.get("/v1/workers", tags=["workers"])
+    @app.get("/v1/workers", tags=["workers"], response_model=list[Worker], responses=AUTH_ERRORS)
     def list_workers(
         _who: Manager,
         pool: QueueName | None = None,
         live: bool = False,
         since: Annotated[float | None, Query(ge=0)] = None,
-    ) -> list[Worker]:
-        return store.list_workers(pool, live_only=live, since=since)
+    ) -> Response:
+        """Serialized once: the manager reads 10^4 of them a cycle, and FastAPI would validate
+        each against the response model again (40-60 ms at 10^4, bench/scale.py)."""
+        found = store.list_workers(pool, live_only=live, since=since)
+        return Response(_WORKERS.dump_json(found), media_type="application/json")
 
     # The per-task endpoints, claim, heartbeat and results, are most of the load. FastAPI's
     # per-request work (dependency solving, json.loads and then validating the objects, checking
@@ -492,6 +569,21 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     # bad body is the same 422 naming the field), and answers with bytes serialized once. The
     # same endpoints are also FastAPI routes, never reached, so that OpenAPI documents them.
     worker_roles = frozenset({Role.ADMIN, Role.WORKER})
+    registered_for: dict[str, list[str]] = {}  # worker id -> its queues (fixed at registration)
+
+    def acting_as(info: TokenInfo, worker_id: str) -> None:
+        """A queue-scoped token acts only as a worker registered for queues it covers: another
+        queue's worker id must not let it renew, report or release that queue's leases."""
+        if info.queues is None:
+            return
+        queues = registered_for.get(worker_id)
+        if queues is None:
+            queues = store.get_worker(worker_id).queues  # NotFound: 404
+            if len(registered_for) > 100_000:
+                registered_for.clear()
+            registered_for[worker_id] = queues
+        in_scope(info, queues)
+
     plain_routes: list[BaseRoute] = []
 
     def per_task(
@@ -504,7 +596,7 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
                 methods=["POST"],
                 tags=["workers"],
                 response_model=reply,
-                openapi_extra=_body_doc(body, path_params=["worker_id"]),
+                openapi_extra=_body_doc(body, path_params={"worker_id": WorkerId}),
                 **extra,
             )
             plain_routes.append(_PlainRoute(path, endpoint, methods=["POST"]))
@@ -518,12 +610,28 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from exc
 
-    @per_task("/v1/workers/{worker_id}/claim", ClaimRequest, list[ClaimedTask])
+    def worker_of(request: Request) -> str:
+        """The path's worker id, checked as FastAPI checks those of the other routes."""
+        try:
+            return _WORKER_ID.validate_python(request.path_params["worker_id"])
+        except ValidationError as exc:
+            errors = [{**e, "loc": ("path", "worker_id")} for e in exc.errors(include_url=False)]
+            raise RequestValidationError(errors) from exc
+
+    @per_task(
+        "/v1/workers/{worker_id}/claim",
+        ClaimRequest,
+        list[ClaimedTask],
+        responses=AUTH_ERRORS
+        | _error(404, "no worker with this id: register first")
+        | _error(409, "the worker has ended: register again"),
+    )
     async def claim(request: Request) -> Response:
-        worker_id: str = request.path_params["worker_id"]
         who = authorize(request, worker_roles)
+        worker_id = worker_of(request)
         body = await body_of(request, ClaimRequest)
         in_scope(who, body.queues)
+        acting_as(who, worker_id)
         claimed = await grouped(
             store.claim, worker_id, body.queues, body.max_tasks, body.free_slots
         )
@@ -532,10 +640,16 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
                 metrics.claimed_in(queue).inc(n)
         return Response(_CLAIMED.dump_json(claimed), media_type="application/json")
 
-    @per_task("/v1/workers/{worker_id}/heartbeat", HeartbeatRequest, HeartbeatReply)
+    @per_task(
+        "/v1/workers/{worker_id}/heartbeat",
+        HeartbeatRequest,
+        HeartbeatReply,
+        responses=AUTH_ERRORS | _error(404, "no worker with this id: register first"),
+    )
     async def heartbeat(request: Request) -> Response:
-        worker_id: str = request.path_params["worker_id"]
-        authorize(request, worker_roles)
+        who = authorize(request, worker_roles)
+        worker_id = worker_of(request)
+        acting_as(who, worker_id)
         body = await body_of(request, HeartbeatRequest)
         reply = await hot(store.heartbeat, worker_id, body.running, body.busy_slots)
         return Response(reply.model_dump_json(), media_type="application/json")
@@ -544,12 +658,15 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         "/v1/workers/{worker_id}/results",
         ResultsRequest,
         ResultsReply,
-        responses={409: {"description": "every result was stale; nothing changed"}},
+        responses=AUTH_ERRORS
+        | _error(404, "no worker with this id")
+        | _error(409, "every result was stale; nothing changed", StaleResults),
     )
     async def results(request: Request) -> Response:
         """409 when every result is stale (nothing changed); else 200, stale ones marked."""
-        worker_id: str = request.path_params["worker_id"]
-        authorize(request, worker_roles)
+        who = authorize(request, worker_roles)
+        worker_id = worker_of(request)
+        acting_as(who, worker_id)
         body = await body_of(request, ResultsRequest)
         outcomes = await grouped(store.results, worker_id, body.results)
         for outcome, n in collections.Counter(o.outcome for o in outcomes).items():
@@ -565,20 +682,30 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
             )
         return Response(reply.model_dump_json(), media_type="application/json")
 
-    @app.post("/v1/workers/{worker_id}/release", tags=["workers"])
-    def release(worker_id: str, body: ReleaseRequest, _who: WorkerTok) -> ReleaseReply:
+    @app.post(
+        "/v1/workers/{worker_id}/release",
+        tags=["workers"],
+        responses=AUTH_ERRORS | _error(404, "no worker with this id"),
+    )
+    def release(worker_id: WorkerId, body: ReleaseRequest, who: WorkerTok) -> ReleaseReply:
+        acting_as(who, worker_id)
         released = store.release(worker_id, body.leases, body.reason, body.attempt_used)
         return ReleaseReply(released=released)
 
-    @app.post("/v1/workers/{worker_id}/deregister", tags=["workers"])
-    def deregister(worker_id: str, body: DeregisterRequest, _who: WorkerTok) -> ReleaseReply:
+    @app.post(
+        "/v1/workers/{worker_id}/deregister",
+        tags=["workers"],
+        responses=AUTH_ERRORS | _error(404, "no worker with this id"),
+    )
+    def deregister(worker_id: WorkerId, body: DeregisterRequest, who: WorkerTok) -> ReleaseReply:
+        acting_as(who, worker_id)
         return ReleaseReply(released=store.deregister(worker_id, body.reason))
 
-    @app.get("/v1/pools", tags=["pools"])
+    @app.get("/v1/pools", tags=["pools"], responses=AUTH_ERRORS)
     def list_pools(_who: Manager) -> list[PoolInfo]:
         return store.list_pools()
 
-    @app.post("/v1/pools/{pool}", tags=["pools"])
+    @app.post("/v1/pools/{pool}", tags=["pools"], responses=AUTH_ERRORS)
     def update_pool(pool: QueueName, body: PoolUpdate, _who: Manager) -> PoolInfo:
         store.set_pool(
             pool, manager=body.manager, min_workers=body.min_workers, control=body.control,
@@ -586,21 +713,32 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         )  # fmt: skip
         return next(p for p in store.list_pools() if p.name == pool)
 
-    @app.get("/v1/events", tags=["events"])
+    @app.get("/v1/hosts", tags=["hosts"], responses=AUTH_ERRORS)
+    def list_hosts(_who: AnyReader) -> list[HostInfo]:
+        """Worker hosts with a failure streak, and those denied claims for it."""
+        return store.list_hosts()
+
+    @app.post("/v1/hosts/{host}/allow", tags=["hosts"], responses=AUTH_ERRORS)
+    def allow_host(host: Annotated[str, FPath(max_length=255)], _who: Admin) -> list[HostInfo]:
+        """Let a denied host's workers claim again before its time is up."""
+        store.allow_host(host)
+        return store.list_hosts()
+
+    @app.get("/v1/events", tags=["events"], responses=AUTH_ERRORS)
     def list_events(
         _who: AnyReader,
-        kind_prefix: Annotated[str | None, Query(max_length=64)] = None,
+        kind_prefix: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
-        task: Annotated[int | None, Query(ge=1)] = None,
+        task: Annotated[int | None, Query(ge=1, le=MAX_INT64)] = None,
     ) -> list[Event]:
         return store.events(kind_prefix=kind_prefix, limit=limit, task_id=task)
 
     # -------------------------------------------------------------- the manager's records
 
-    @app.get("/v1/wait", tags=["manager"])
+    @app.get("/v1/wait", tags=["manager"], responses=AUTH_ERRORS)
     def wait_for_work(
         _who: Manager,
-        since: Annotated[int, Query(ge=0)] = 0,
+        since: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
         timeout: Annotated[float, Query(ge=0, le=60)] = 30.0,
     ) -> WaitReply:
         """Long-poll: answers as soon as tasks newer than `since` exist, else at `timeout`.
@@ -618,23 +756,38 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
             seq = store.submit_seq()
         return WaitReply(seq=seq, changed=True)
 
-    @app.post("/v1/managers/{name}/register", tags=["manager"])
+    @app.post(
+        "/v1/managers/{name}/register",
+        tags=["manager"],
+        responses=AUTH_ERRORS | _error(409, "another instance holds this name and is alive"),
+    )
     def register_manager(name: QueueName, body: ManagerRegistration, _who: Manager) -> ManagerInfo:
         return store.register_manager(name, body)
 
-    @app.get("/v1/managers", tags=["manager"])
+    @app.get("/v1/managers", tags=["manager"], responses=AUTH_ERRORS)
     def list_managers(_who: AnyReader) -> list[ManagerInfo]:
         return store.list_managers()
 
-    @app.post("/v1/submissions", tags=["manager"], status_code=201)
+    @app.post(
+        "/v1/submissions",
+        tags=["manager"],
+        status_code=201,
+        responses=AUTH_ERRORS | _error(409, "a submission with this tag is already recorded"),
+    )
     def record_intent(body: SubmissionIntent, _who: Manager) -> Submission:
         return store.record_intent(body)
 
-    @app.post("/v1/submissions/{tag}", tags=["manager"])
+    @app.post(
+        "/v1/submissions/{tag}",
+        tags=["manager"],
+        responses=AUTH_ERRORS
+        | _error(404, "no submission with this tag")
+        | _error(409, "the submission has already ended or failed"),
+    )
     def update_submission(tag: Tag, body: SubmissionUpdate, _who: Manager) -> Submission:
         return store.update_submission(tag, body)
 
-    @app.get("/v1/submissions", tags=["manager"])
+    @app.get("/v1/submissions", tags=["manager"], responses=AUTH_ERRORS)
     def list_submissions(
         _who: AnyReader,
         manager: QueueName | None = None,
@@ -647,43 +800,59 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
             manager=manager, pool=pool, open_only=open, limit=limit, since=since
         )
 
-    @app.post("/v1/workers/{worker_id}/gone", tags=["manager"])
-    def worker_gone(worker_id: str, body: WorkerGone, _who: Manager) -> ReleaseReply:
+    @app.post(
+        "/v1/workers/{worker_id}/gone",
+        tags=["manager"],
+        responses=AUTH_ERRORS | _error(404, "no worker with this id"),
+    )
+    def worker_gone(worker_id: WorkerId, body: WorkerGone, _who: Manager) -> ReleaseReply:
         return ReleaseReply(released=store.worker_gone(worker_id, body.reason))
 
-    @app.get("/v1/pools/{pool}/history", tags=["manager"])
+    @app.get("/v1/pools/{pool}/history", tags=["manager"], responses=AUTH_ERRORS)
     def pool_history(
         pool: QueueName, _who: Manager, since: Annotated[float, Query(ge=0)] = 0.0
     ) -> PoolHistory:
         return store.pool_history(pool, since)
 
-    @app.post("/v1/decisions", tags=["manager"], status_code=201)
+    @app.post("/v1/decisions", tags=["manager"], status_code=201, responses=AUTH_ERRORS)
     def record_decision(body: DecisionRecord, _who: Manager) -> dict[str, str]:
         store.record_decision(body)
         return {"status": "recorded"}
 
-    @app.get("/v1/decisions", tags=["manager"])
+    @app.get("/v1/decisions", tags=["manager"], responses=AUTH_ERRORS)
     def list_decisions(
         pool: QueueName, _who: AnyReader, limit: Annotated[int, Query(ge=1, le=500)] = 10
     ) -> list[DecisionRecord]:
         return store.list_decisions(pool, limit)
 
-    @app.post("/v1/events", tags=["events"], status_code=201)
+    @app.post("/v1/events", tags=["events"], status_code=201, responses=AUTH_ERRORS)
     def add_event(body: EventRequest, _who: Manager) -> dict[str, str]:
         store.add_event(body.kind, body.detail)
         return {"status": "recorded"}
 
-    @app.post("/v1/tokens", tags=["admin"], status_code=201)
+    @app.post("/v1/tokens", tags=["admin"], status_code=201, responses=AUTH_ERRORS)
     def create_token(body: TokenRequest, _who: Admin) -> TokenReply:
         token = store.create_token(body.role, body.queues, body.name)
         return TokenReply(token=token, role=body.role, queues=body.queues)
 
     app.router.routes[:0] = plain_routes  # tried first, in front of their FastAPI twins
-    _document_bodies(app, [ClaimRequest, HeartbeatRequest, ResultsRequest])
+    _finish_openapi(app, [ClaimRequest, HeartbeatRequest, ResultsRequest, *ERROR_MODELS], settings)
 
     app.add_middleware(Timing, histogram=metrics.requests)
     app.add_middleware(BodyLimit, limit=settings.server.max_body_bytes)
     return app
+
+
+def _invalid_reply(problems: list[str]) -> JSONResponse:
+    return JSONResponse({"error": "; ".join(problems), "problems": problems}, status_code=422)
+
+
+def _parse_failure(cause: BaseException) -> str:
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8 at byte {cause.start}"
+    return type(cause).__name__
 
 
 class _PlainRoute(Route):
@@ -696,21 +865,33 @@ class _PlainRoute(Route):
         return match, child
 
 
-def _body_doc(model: type[BaseModel], path_params: list[str]) -> dict[str, Any]:
+def _body_doc(model: type[BaseModel], path_params: dict[str, Any]) -> dict[str, Any]:
     """OpenAPI for an endpoint that reads its path parameters and JSON body itself."""
     schema = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {
         "parameters": [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in path_params
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": TypeAdapter(kind).json_schema(),
+            }
+            for name, kind in path_params.items()
         ],
         "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
     }
 
 
-def _document_bodies(app: FastAPI, models: list[type[BaseModel]]) -> None:
-    """Put `models` into the OpenAPI document's components, where `_body_doc` points."""
+def _finish_openapi(app: FastAPI, models: list[type[BaseModel]], settings: Settings) -> None:
+    """Put `models` into the OpenAPI document's components, where `_body_doc` and `_error_doc`
+    point, and document the errors every route can give the same way: they come from the
+    app-wide handlers and middleware, not from any one route."""
     generate = app.openapi
+    invalid = _error_doc(
+        "a parameter or the body is invalid: `problems` names each field", InvalidRequest
+    )
+    too_large = _error_doc(f"the body is over {settings.server.max_body_bytes} bytes")
+    unavailable = _error_doc("the database is unavailable: retry")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -721,6 +902,16 @@ def _document_bodies(app: FastAPI, models: list[type[BaseModel]]) -> None:
             known = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, definition in defs.get("$defs", {}).items():
                 known.setdefault(name, definition)
+            for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's, never sent
+                known.pop(name, None)
+            for path_item in schema.get("paths", {}).values():
+                for operation in path_item.values():
+                    responses = operation.setdefault("responses", {})
+                    if "requestBody" in operation or operation.get("parameters"):
+                        responses["422"] = invalid
+                    if "requestBody" in operation:
+                        responses["413"] = too_large
+                    responses["503"] = unavailable
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -738,6 +929,7 @@ def _reap(store: Store, interval: float, stop: threading.Event) -> None:
             expired = store.expire()
             if expired:
                 log.info("requeued %d tasks whose lease expired", expired)
+            store.account_hosts()
         except Exception:  # keep reaping whatever one pass hit
             log.exception("lease reaper pass failed")
 

@@ -8,13 +8,16 @@ import threading
 from hpcscale.config import Settings
 from hpcscale.server import build_uvicorn, create_app, ensure_admin_token
 from hpcscale.statestore import Store, open_store
+from hpcscale.statestore.hosts import HostRules
 from hpcscale.tokens import read_token
 
 log = logging.getLogger("hpcscale.service")
 
 
 def open_settings_store(settings: Settings) -> Store:
-    return open_store(settings.server.database, lease_ttl=settings.server.lease_ttl)
+    server = settings.server
+    rules = HostRules(server.host_failure_limit, server.host_failure_window, server.host_deny_time)
+    return open_store(server.database, lease_ttl=server.lease_ttl, host_rules=rules)
 
 
 def run_server(settings: Settings, *, with_manager: bool = False) -> None:

@@ -49,6 +49,8 @@ ALLOWED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/v1/decisions"): {A, S, M},
     ("POST", "/v1/events"): {A, M},
     ("POST", "/v1/tokens"): {A},
+    ("GET", "/v1/hosts"): {A, S, M},
+    ("POST", "/v1/hosts/{host}/allow"): {A},
 }
 PUBLIC = {("GET", "/healthz")}
 DOCS = {"/v1/openapi.json", "/v1/docs", "/v1/docs/oauth2-redirect"}
