@@ -160,7 +160,7 @@ def make_client(args: argparse.Namespace, settings: config.Settings | None = Non
 
     settings = settings or load_settings(args)
     token = os.environ.get("HPCSCALE_TOKEN") or read_token(settings.server.token_file)
-    return Client(settings.server.url, token, retry_for=10.0)
+    return Client(settings.server.url, token, retry_for=10.0, verify=settings.server.verify)
 
 
 def emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:
@@ -184,15 +184,47 @@ def _plain(data: Any) -> Any:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from hpcscale.service import run_server
+    settings = server_settings(args)
+    from hpcscale.service import run_server  # after the checks: a bad config answers at once
 
-    settings = load_settings(args)
-    refuse_root(args.allow_root)
     run_server(settings)
     return 0
 
 
+def server_settings(args: argparse.Namespace) -> config.Settings:
+    """The config of `server`/`serve`, refused before any port is bound when it cannot work:
+    running as root, a token file others can read, TLS files that do not load, a database that
+    does not open. Each is one `error:` line naming the key, not a traceback from uvicorn or
+    SQLAlchemy."""
+    settings = load_settings(args)
+    refuse_root(args.allow_root)
+    problems = config.check_files(settings)
+    if problems:
+        raise ConfigError(problems)
+    check_database(settings.server.database)
+    return settings
+
+
+def check_database(url: str) -> None:
+    """Open the store once and close it: an SQLite path that cannot be created is a config
+    error (exit 2); a PostgreSQL that does not answer is a failure (exit 1)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hpcscale.statestore import open_store
+
+    shown = make_url(url).render_as_string(hide_password=True) if "://" in url else url
+    try:
+        open_store(url).close()
+    except OSError as exc:
+        raise ConfigError([f"server.database: cannot open {shown}: {exc}"]) from exc
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise HpcscaleError(f"server.database: cannot open {shown}: {reason}") from exc
+
+
 def refuse_root(allowed: bool) -> None:
+    """A server holds every token's power: root would hand a leaked token the whole machine."""
     if os.geteuid() == 0 and not allowed:
         raise ConfigError(
             [
@@ -320,6 +352,7 @@ def status_data(client: Any) -> dict[str, Any]:
         "queues": client.backlog(),
         "pools": [{"pool": p, "last": (client.decisions(p.name, 1) or [None])[-1]} for p in pools],
         "workers": client.list_workers(live=True),
+        "hosts": client.hosts(),
     }
 
 
@@ -330,7 +363,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     with make_client(args) as client:
         reply = client.create_token(Role(args.role), queues, args.name)
     if args.output:
-        write_secret(args.output, reply.token)
+        write_secret(args.output, reply.token, key="--output")
         print(f"wrote a {reply.role.value} token to {args.output} (mode 0600)")
         return 0
     emit(args, reply, lambda: reply.token)
@@ -339,6 +372,9 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = config.load(args.file or args.config)
+    problems = config.check_files(settings)
+    if problems:
+        raise ConfigError(problems)
     if args.json:
         print(settings.model_dump_json(indent=2))
     else:

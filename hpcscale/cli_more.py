@@ -22,6 +22,7 @@ def add_commands(
     p.add_argument("--pool", default=os.environ.get("HPCSCALE_POOL"), help="pool name")
     p.add_argument("--url", default=None, help="statestore URL (default: [server] url)")
     p.add_argument("--token-file", default=None, help="0600 token file ([server] token_file)")
+    p.add_argument("--tls-ca", default=None, help="CA file to trust for https ([server] tls_ca)")
     p.add_argument("--queues", "--queue", default=None, help="comma-separated queues")
     p.add_argument("--submission", default=None, help="submission tag (set by job scripts)")
     p.add_argument("--slots", type=int, default=None)
@@ -133,6 +134,7 @@ def worker_options(args: argparse.Namespace, settings: config.Settings) -> Any:
         task_duration_prior=_duration(args, "task_duration_prior", prior),
         unreachable_timeout=_duration(args, "unreachable_timeout", defaults.unreachable_timeout),
         output_dir=args.output_dir or defaults.output_dir,
+        tls_ca=args.tls_ca or settings.server.tls_ca,
     )
 
 
@@ -142,7 +144,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = config.load(args.config)
     opts = worker_options(args, settings)
-    token = os.environ.get("HPCSCALE_TOKEN") or read_token(opts.token_file)
+    key = "--token-file" if args.token_file else "server.token_file"
+    token = os.environ.get("HPCSCALE_TOKEN") or read_token(opts.token_file, key)
     return run_worker(opts, token)
 
 
@@ -160,21 +163,22 @@ def cmd_render_script(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from hpcscale.cli import refuse_root
-    from hpcscale.service import run_server
+    from hpcscale.cli import server_settings
 
-    settings = config.load(args.config)
-    refuse_root(args.allow_root)
+    settings = server_settings(args)
+    from hpcscale.service import run_server  # after the checks: a bad config answers at once
+
     run_server(settings, with_manager=True)
     return 0
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
-    from hpcscale.manager import run_manager
     from hpcscale.tokens import read_token
 
     settings = config.load(args.config)
     token = os.environ.get("HPCSCALE_TOKEN") or read_token(settings.server.token_file)
+    from hpcscale.manager import run_manager  # after the checks: a bad config answers at once
+
     return run_manager(settings, token, once=args.once, dry_run=args.dry_run)
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -26,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -85,15 +88,30 @@ def format_slurm_time(seconds: float) -> str:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
-# Values that end up on an #SBATCH line or in a shell: no newline, no command separators, no
-# expansions. Wide enough for real partitions, accounts, constraints ("a&b|c"), gres ("gpu:a100:2").
-_SHELL_SAFE_RE = re.compile(r"^[A-Za-z0-9_.,:=+\-/@%&|!*\[\]()~ ]*$")
+# Values that end up on an #SBATCH line: no newline (a line of its own is shell), no quotes,
+# `$`, backquote or `;`, and no whitespace (sbatch splits an #SBATCH line on it, so "debug
+# --wrap=..." would be two options). Wide enough for real partitions, accounts, constraints
+# ("a&b|c"), gres ("gpu:a100:2") and output patterns ("%x-%A_%a.out"). The `setup` lines are
+# the one place that is shell by design: whoever writes the config already runs the jobs.
+_SHELL_SAFE_RE = re.compile(r"^[A-Za-z0-9_.,:=+\-/@%&|!*\[\]()~]*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-def _shell_safe(value: str) -> str:
+def _keyed(key: str, message: str) -> PydanticCustomError:
+    """An error of a model validator that names the field it is about (`pools[0].min_workers`),
+    where a plain ValueError would name only the model (`pools[0]`)."""
+    return PydanticCustomError("config_key", "{message}", {"key": key, "message": message})
+
+
+def _one_line(value: str) -> None:
     if "\n" in value or "\r" in value or "\x00" in value:
         raise ValueError("must not contain a newline")
+
+
+def _shell_safe(value: str) -> str:
+    _one_line(value)
+    if any(c.isspace() for c in value):
+        raise ValueError("must not contain whitespace (sbatch splits #SBATCH lines on it)")
     if not _SHELL_SAFE_RE.match(value):
         bad = sorted({c for c in value if not _SHELL_SAFE_RE.match(c)})
         raise ValueError(f"contains characters a job script must not see: {''.join(bad)!r}")
@@ -102,11 +120,16 @@ def _shell_safe(value: str) -> str:
 
 def _name(value: str) -> str:
     if not _NAME_RE.match(value):
-        raise ValueError("must be letters, digits, '_', '.', '-' (starting with a letter or digit)")
+        raise ValueError(
+            f"{value!r}: must be letters, digits, '_', '.', '-' (starting with a letter or digit)"
+        )
     return value
 
 
 Name = Annotated[str, Field(min_length=1, max_length=64)]
+# A name that reaches job names, file names and URLs (pools, queues, the manager): checked
+# where it is declared, so a bad queue is reported as `pools[0].queues[1]`.
+SafeName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_name)]
 
 
 class _Strict(BaseModel):
@@ -123,6 +146,14 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     tls_cert: str | None = None
     tls_key: str | None = None
+    # The CA (PEM) that clients of this server trust instead of the system's, e.g. the server's
+    # own self-signed cert: used by the CLI, the manager and (passed on) the workers.
+    tls_ca: str | None = None
+    # A worker host whose tasks fail this many times in a row within the window is denied
+    # claims for host_deny_time (0: never).
+    host_failure_limit: int = Field(default=5, ge=0)
+    host_failure_window: Duration = 600.0
+    host_deny_time: Duration = 900.0
 
     @field_validator("url")
     @classmethod
@@ -141,8 +172,31 @@ class ServerConfig(_Strict):
     @classmethod
     def _database(cls, value: str) -> str:
         if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
-            raise ValueError("must start with sqlite:/// or postgresql://")
+            scheme = value.partition("://")[0] if "://" in value else value[:20]
+            raise ValueError(
+                f"unknown scheme {scheme!r}: must start with sqlite:/// or postgresql://"
+            )
         return value
+
+    @field_validator("token_file", "tls_cert", "tls_key", "tls_ca")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None:
+            _one_line(value)
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if self.tls_cert and not self.tls_key:
+            raise _keyed("tls_key", "required with tls_cert (the server needs both)")
+        if self.tls_key and not self.tls_cert:
+            raise _keyed("tls_cert", "required with tls_key (the server needs both)")
+        return self
+
+    @property
+    def verify(self) -> bool | str:
+        """What an HTTPS client of this server trusts: tls_ca, else the system's CAs."""
+        return str(Path(self.tls_ca).expanduser()) if self.tls_ca else True
 
 
 def host_port(bind: str) -> tuple[str, int]:
@@ -209,12 +263,19 @@ class SlurmConfig(_Strict):
                 raise ValueError(f"{value!r} must be an sbatch option such as --gres=gpu:1")
         return values
 
-    @field_validator("setup", "python")
+    @field_validator("setup")
     @classmethod
-    def _one_line(cls, value: Any) -> Any:
-        for line in value if isinstance(value, list) else [value]:
-            if isinstance(line, str) and ("\n" in line or "\r" in line or "\x00" in line):
+    def _setup_lines(cls, values: list[str]) -> list[str]:
+        for line in values:
+            if "\n" in line or "\r" in line or "\x00" in line:
                 raise ValueError("must not contain a newline (give one list item per line)")
+        return values
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, value: str | None) -> str | None:
+        if value is not None:
+            _one_line(value)
         return value
 
     @property
@@ -296,15 +357,15 @@ class ScheduleConfig(_Strict):
         if self.duration <= 0:
             raise ValueError("duration must be positive")
         if self.max_workers is not None and self.min_workers > self.max_workers:
-            raise ValueError(
-                f"min_workers ({self.min_workers}) must be ≤ max_workers ({self.max_workers})"
+            raise _keyed(
+                "min_workers", f"{self.min_workers} must be ≤ max_workers ({self.max_workers})"
             )
         return self
 
 
 class PoolConfig(_Strict):
     name: Name
-    queues: list[Name] = Field(default_factory=lambda: ["default"], min_length=1)
+    queues: list[SafeName] = Field(default_factory=lambda: ["default"], min_length=1)
     scheduler: Literal["slurm", "pyslurm", "local"] = "slurm"
     min_workers: int = Field(default=0, ge=0)
     max_workers: int = Field(default=10, ge=0)
@@ -327,13 +388,6 @@ class PoolConfig(_Strict):
     def _check_name(cls, value: str) -> str:
         return _name(value)
 
-    @field_validator("queues")
-    @classmethod
-    def _check_queues(cls, values: list[str]) -> list[str]:
-        for value in values:
-            _name(value)
-        return values
-
     @property
     def submit_ceiling(self) -> int:
         """`max_submit_per_hour`, or its default (see the field)."""
@@ -345,8 +399,8 @@ class PoolConfig(_Strict):
     @model_validator(mode="after")
     def _min_le_max(self) -> PoolConfig:
         if self.min_workers > self.max_workers:
-            raise ValueError(
-                f"min_workers ({self.min_workers}) must be ≤ max_workers ({self.max_workers})"
+            raise _keyed(
+                "min_workers", f"{self.min_workers} must be ≤ max_workers ({self.max_workers})"
             )
         return self
 
@@ -367,10 +421,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _unique_pools(self) -> Settings:
-        names = [p.name for p in self.pools]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"pool names must be unique: {', '.join(dupes)} repeated")
+        first: dict[str, int] = {}
+        for index, pool in enumerate(self.pools):
+            if pool.name in first:
+                raise _keyed(
+                    f"pools[{index}].name",
+                    f"{pool.name!r} is already the name of pools[{first[pool.name]}]",
+                )
+            first[pool.name] = index
         return self
 
     @classmethod
@@ -396,6 +454,42 @@ class Settings(BaseSettings):
 def worker_token_file(settings: Settings, pool: str) -> Path:
     """Where a pool's worker token lives: next to the admin token, one file per pool."""
     return Path(settings.server.token_file).expanduser().parent / f"worker-{pool}.token"
+
+
+def check_files(settings: Settings) -> list[str]:
+    """Problems with the files the config names that can be seen without starting anything:
+    a token file others can read, TLS files that do not load. One line each, naming the key;
+    `check-config`, `server` and `serve` refuse them before binding a port. A token file that
+    does not exist yet is fine: `server`/`serve` write it on first start."""
+    from hpcscale.tokens import token_file_problem
+
+    server = settings.server
+    problems = []
+    token = Path(server.token_file).expanduser()
+    if token.exists() or token.is_symlink():
+        problem = token_file_problem(token)
+        if problem:
+            problems.append(f"server.token_file: {problem}")
+    for key in ("tls_cert", "tls_key", "tls_ca"):
+        value = getattr(server, key)
+        if value and not Path(value).expanduser().is_file():
+            problems.append(f"server.{key}: {Path(value).expanduser()} is not a readable file")
+    if problems:
+        return problems
+    if server.tls_cert and server.tls_key:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(
+                Path(server.tls_cert).expanduser(), Path(server.tls_key).expanduser()
+            )
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"server.tls_cert: cannot load it with server.tls_key: {exc}")
+    if server.tls_ca:
+        try:
+            ssl.create_default_context(cafile=Path(server.tls_ca).expanduser())
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"server.tls_ca: cannot load it as PEM certificates: {exc}")
+    return problems
 
 
 def resolve_path(explicit: str | os.PathLike[str] | None) -> Path | None:
@@ -439,6 +533,9 @@ def describe(exc: ValidationError) -> list[str]:
     lines = []
     for error in exc.errors():
         key = _key(error["loc"])
+        if error["type"] == "config_key":
+            sub = error["ctx"]["key"]
+            key = f"{key}{'' if not key or sub.startswith('[') else '.'}{sub}"
         lines.append(f"{key}: {_message(error)}" if key else _message(error))
     return lines
 

@@ -740,7 +740,9 @@ def run_manager(
 ) -> int:
     if not settings.pools:
         raise ConfigError(["pools: no [[pools]] in the config: nothing to manage"])
-    with Client(settings.server.url, token, retry_for=10.0) as client:
+    with Client(
+        settings.server.url, token, retry_for=10.0, verify=settings.server.verify
+    ) as client:
         manager = ComputeManager(settings, client, dry_run=dry_run)
         if stop is not None:
             manager.stop = stop

@@ -18,7 +18,7 @@ import pytest
 import hpcscale
 from hpcscale import config, jobscript
 from hpcscale.errors import ConfigError
-from hpcscale.jobscript import directives, render
+from hpcscale.jobscript import render
 from hpcscale.schedulers.base import ElementState, Scheduler
 from hpcscale.schedulers.local import LocalScheduler
 from hpcscale.schedulers.slurm import SlurmScheduler
@@ -163,10 +163,9 @@ def test_config_refuses_newlines_and_separators_naming_the_key(key: str, value: 
     )
 
 
-def test_render_refuses_whitespace_in_directives(tmp_path: Path) -> None:
-    cfg = settings({"partition": "a b"})
-    with pytest.raises(ConfigError, match=r"pools\.cpu\.slurm\.partition"):
-        directives(cfg.pools[0])
+def test_whitespace_in_directives_is_refused_before_any_render() -> None:
+    with pytest.raises(ConfigError, match=r"pools\[0\]\.slurm\.partition"):
+        settings({"partition": "a b"})
 
 
 def test_strict_substitution_and_template_lookup(
