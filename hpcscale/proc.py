@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -69,13 +71,17 @@ def spawn(
     stderr: IO[Any] | int | None = subprocess.DEVNULL,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start argv detached in its own process group (so it can be killed as a whole).
 
     For processes that outlive the call (task runs, local job elements); the caller waits.
+    `die_with_parent` (Linux): the kernel SIGKILLs the process when the calling thread dies,
+    even by SIGKILL, so a task cannot outlive its worker and run on beside its own retry.
     Raises CommandError when it cannot start (no such program, bad cwd).
     """
     args = [str(a) for a in argv]
+    preexec = _die_with(os.getpid()) if die_with_parent and _PRCTL is not None else None
     try:
         return subprocess.Popen(  # noqa: S603 - argv list, no shell, by design
             args,
@@ -86,9 +92,34 @@ def spawn(
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
+            preexec_fn=preexec,  # one prctl call in the child, resolved beforehand
         )
     except OSError as exc:
         raise CommandError(args, None, "", "", why=f"could not start: {exc.strerror}") from exc
+
+
+def _prctl() -> Any:
+    """libc's prctl, resolved once here: the child after fork only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()
+PR_SET_PDEATHSIG = 1
+_SIGKILL = int(signal.SIGKILL)
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    def arm() -> None:  # in the child, between fork and exec
+        _PRCTL(PR_SET_PDEATHSIG, _SIGKILL)
+        if os.getppid() != parent:  # the parent died before the line above: too late to arm
+            os._exit(137)
+
+    return arm
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:

@@ -60,6 +60,7 @@ class WorkerOptions:
     task_duration_prior: float = 300.0
     unreachable_timeout: float = 600.0
     output_dir: str | None = None
+    tls_ca: str | None = None  # a CA file to trust for an https url, instead of the system's
 
 
 # ----------------------------------------------------------------------------- pure rules
@@ -258,7 +259,7 @@ class Worker:
         registration = WorkerRegistration(
             pool=self.opts.pool,
             queues=list(self.opts.queues),
-            host=socket.gethostname(),
+            host=os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
             slots=self.opts.slots,
             job_id=job,
             array_index=index,
@@ -370,8 +371,8 @@ class Worker:
 
     def _start(self, task: ClaimedTask) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        stem = self.output_dir / f"task-{task.id}.{task.attempts}"
-        out, err = stem.with_suffix(".out"), stem.with_suffix(".err")
+        stem = f"task-{task.id}.{task.attempts}"  # one pair of files per attempt
+        out, err = self.output_dir / f"{stem}.out", self.output_dir / f"{stem}.err"
         env = dict(os.environ)
         env.update(task.env)
         env.update({"HPCSCALE_TASK_ID": str(task.id), "HPCSCALE_TASK_ATTEMPT": str(task.attempts)})
@@ -379,8 +380,9 @@ class Worker:
         try:
             run.files = [out.open("wb"), err.open("wb")]
             run.process = proc.spawn(
-                task.command, stdout=run.files[0], stderr=run.files[1], env=env, cwd=task.cwd
-            )
+                task.command, stdout=run.files[0], stderr=run.files[1], env=env, cwd=task.cwd,
+                die_with_parent=True,  # a worker killed with -9 takes its runs along
+            )  # fmt: skip
             log.info("task %d (attempt %d) started: %s", task.id, task.attempts, task.command)
             threading.Thread(
                 target=self._wake_at_exit, args=(run.process,), name=f"task-{task.id}", daemon=True
@@ -425,7 +427,10 @@ class Worker:
                 handle.close()
             if run.process is not None:
                 proc.kill_group(run.process.pid)  # whatever the task left behind
-                if self._killed_with_the_job(run.process.returncode):
+                # A run we killed ourselves (its timeout) failed on its own account: waiting
+                # for the job's stop signal would only hold the whole loop, every slot, 1 s.
+                ours = run.killed_for is not None and not self.state.signalled
+                if not ours and self._killed_with_the_job(run.process.returncode):
                     self.killed_with_job.append(run)
                     continue
             self.pending_results.append(self._result(run))
@@ -570,7 +575,8 @@ class Worker:
 
 
 def run_worker(opts: WorkerOptions, token: str) -> int:
-    with Client(opts.url, token, retry_for=opts.unreachable_timeout) as client:
+    verify = str(Path(opts.tls_ca).expanduser()) if opts.tls_ca else True
+    with Client(opts.url, token, retry_for=opts.unreachable_timeout, verify=verify) as client:
         worker = Worker(opts, client)
         worker.install_signal_handlers()
         return worker.run()

@@ -133,6 +133,8 @@ def test_results_for_exit_codes_timeouts_and_bad_commands(
     assert done[missing].state == TaskState.FAILED  # cannot succeed by retrying
     assert "No such file" in (done[missing].reason or "")
     assert done[slow].state == TaskState.DEAD and "timeout after 1s" in (done[slow].reason or "")
+    outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert f"task-{bad}.1.out" in outputs and f"task-{bad}.2.out" in outputs  # one per attempt
 
 
 def test_a_lost_lease_stops_the_run(live_server: LiveServer, tmp_path: Path) -> None:
