@@ -3,6 +3,8 @@
 # cluster in a temp dir owned by a non-root user, on a free loopback port.
 #   scripts/pg-lab.sh up     start it; writes $PG_LAB_DIR/env.sh (exports HPCSCALE_TEST_PG_URL)
 #   scripts/pg-lab.sh down   stop it and remove the dir
+#   scripts/pg-lab.sh restart   stop it (fast: clients are disconnected, everything committed is
+#                               kept) and start it again on the same port and data
 set -euo pipefail
 DIR="${PG_LAB_DIR:-/tmp/hpcscale-pg-lab}"
 PY="${PYTHON:-python3}"
@@ -66,8 +68,19 @@ down() {
     rm -rf "$DIR"
 }
 
+restart() {
+    local bin
+    [ -f "$DIR/data/postmaster.pid" ] || { echo "pg-lab: not running in $DIR" >&2; return 1; }
+    bin="$(pg_bin)"
+    # Same options as at `up` (pg_ctl keeps them in postmaster.opts); -l: the log stays in the
+    # file, not on our stdout.
+    as_owner "$bin/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -m fast -w -t 60 restart >/dev/null
+    echo "pg-lab: restarted ($DIR)" >&2
+}
+
 case "${1:-}" in
     up) up ;;
     down) down ;;
-    *) echo "usage: $0 up|down" >&2; exit 2 ;;
+    restart) restart ;;
+    *) echo "usage: $0 up|down|restart" >&2; exit 2 ;;
 esac

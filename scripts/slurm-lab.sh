@@ -5,6 +5,8 @@
 #   scripts/slurm-lab.sh down    stop only the daemons this script started (pid files)
 #   scripts/slurm-lab.sh env     print `export SLURM_CONF=...` (eval it, or source $DIR/env.sh)
 #   scripts/slurm-lab.sh status  the pids and sinfo
+#   scripts/slurm-lab.sh restart-ctld   restart only slurmctld, keeping its state: running jobs
+#                                       go on, the queue is read back (the chaos soak's fault)
 #
 # Everything lives under $SLURM_LAB_DIR (default /tmp/hpcscale-slurm-lab): config, munge key and
 # socket, state, spool, logs, pid files. Nothing in /etc is touched, no systemd is needed, and
@@ -235,6 +237,20 @@ stop_all() {
     stop_pid "$DIR/munge/munged.pid" munged
 }
 
+# slurmctld alone: SIGTERM (it saves its state on the way out), then started again WITHOUT -c,
+# so it recovers the jobs from StateSaveLocation while the slurmds keep running them. Between
+# the two, squeue/sbatch/scancel fail (the window a real controller restart or failover opens).
+restart_ctld() {
+    need_root
+    [ -f "$CONF" ] || die "no lab at $DIR (run: $0 up)"
+    alive "$DIR/run/slurmctld.pid" slurmctld || die "slurmctld is not running in $DIR"
+    export SLURM_CONF="$CONF"
+    stop_pid "$DIR/run/slurmctld.pid" slurmctld
+    slurmctld </dev/null || die "slurmctld did not start again: $(tail -5 "$DIR/log/slurmctld.log")"
+    wait_for 30 scontrol ping || die "slurmctld not answering 30 s after its restart; $DIR/log"
+    log "slurmctld restarted (state kept): pid $(cat "$DIR/run/slurmctld.pid")"
+}
+
 down() {
     need_root
     stop_all
@@ -258,5 +274,6 @@ case "${1:-}" in
     down) down ;;
     env) [ -f "$DIR/env.sh" ] || die "no lab at $DIR (run: $0 up)"; cat "$DIR/env.sh" ;;
     status) status ;;
-    *) echo "usage: $0 up|down|env|status   (dir: \$SLURM_LAB_DIR, default /tmp/hpcscale-slurm-lab)" >&2; exit 2 ;;
+    restart-ctld) restart_ctld ;;
+    *) echo "usage: $0 up|down|env|status|restart-ctld   (dir: \$SLURM_LAB_DIR, default /tmp/hpcscale-slurm-lab)" >&2; exit 2 ;;
 esac

@@ -1,0 +1,1 @@
+"""The chaos soak: one engine (engine.py, checks.py) for the short test and bench/soak.py."""
