@@ -3,8 +3,9 @@
 Why it is built this way:
 - `string.Template.substitute` (strict): a placeholder left unfilled is an error, not a silent
   empty string in a script that thousands of jobs will run.
-- `#SBATCH` lines are built as data from [pools.slurm]; config.py already refuses newlines and
-  shell metacharacters in those values, and `render` refuses whitespace (sbatch would split it).
+- `#SBATCH` lines are built as data from [pools.slurm]; config.py already refuses newlines,
+  whitespace (sbatch would split it) and shell metacharacters in those values. Nodes denied
+  claims are excluded (`--exclude`) when their names are plain node names.
 - Every value on the worker's command line is `shlex.quote`d; only the admin's `setup` lines
   are shell by design.
 - `--export=NONE`: nothing of the manager's environment reaches the job. So the script names
@@ -17,8 +18,10 @@ Why it is built this way:
 from __future__ import annotations
 
 import math
+import re
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -31,6 +34,8 @@ from hpcscale.schedulers.local import launch_argv
 from hpcscale.schedulers.slurm import sbatch_argv
 
 TEMPLATES = {"slurm": "slurm-worker.sh", "pyslurm": "slurm-worker.sh", "local": "local-worker.sh"}
+
+_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")  # a Slurm node name
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,11 @@ def _seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def directives(pool: PoolConfig) -> list[str]:
+def directives(pool: PoolConfig, exclude: Sequence[str] = ()) -> list[str]:
     """The sbatch options of a pool, as data (each becomes one `#SBATCH` line); config.py has
-    already refused values with whitespace or shell characters."""
+    already refused values with whitespace or shell characters. `exclude`: nodes denied claims
+    (names a worker reported: only plain node names get through), unless the pool sets its
+    own --exclude."""
     slurm = pool.slurm
     options: list[tuple[str, str | None]] = [
         ("partition", slurm.partition),
@@ -83,6 +90,10 @@ def directives(pool: PoolConfig) -> list[str]:
     lines += [f"--{name}={value}" for name, value in options[3:] if value]
     lines += [f"--signal=B:USR1@{math.ceil(slurm.signal_margin)}", "--export=NONE"]
     lines += list(slurm.extra_directives)
+    nodes = sorted({n for n in exclude if _NODE_RE.match(n)})
+    own = any(d.startswith(("--exclude", "-x")) for d in slurm.extra_directives)
+    if nodes and not own:
+        lines.append(f"--exclude={','.join(nodes)}")
     return lines
 
 
@@ -126,7 +137,12 @@ def worker_argv(
 
 
 def render(
-    pool: PoolConfig, settings: Settings, tag: str, count: int, token_file: str | Path
+    pool: PoolConfig,
+    settings: Settings,
+    tag: str,
+    count: int,
+    token_file: str | Path,
+    exclude: Sequence[str] = (),
 ) -> RenderedJob:
     """The job script for `count` workers of `pool` under submission `tag`, and its argv.
 
@@ -142,7 +158,7 @@ def render(
     command = " ".join(shlex.quote(a) for a in worker_argv(pool, settings, tag, token_file))
     kind = pool.scheduler
     values = {
-        "directives": "\n".join(f"#SBATCH {d}" for d in directives(pool))
+        "directives": "\n".join(f"#SBATCH {d}" for d in directives(pool, exclude))
         if kind != "local"
         else "",
         "pool": pool.name,

@@ -150,6 +150,7 @@ class ComputeManager:
         self.scheduler_seconds = 0.0
         # pool -> (when the next pre-flight is due, the scheduler's refusal or None)
         self.preflight: dict[str, tuple[float, str | None]] = {}
+        self.denied_hosts: list[str] = []
 
     # ------------------------------------------------------------------ the four operations
 
@@ -250,7 +251,7 @@ class ComputeManager:
         """One array submission of `count` workers: intent, sbatch, confirm."""
         tag = f"{self.name}.{pool.name}.{int(self.clock())}.{uuid.uuid4().hex[:6]}"
         token_file = self._worker_token(pool)
-        job = render(pool, self.settings, tag, count, token_file)
+        job = render(pool, self.settings, tag, count, token_file, self.denied_hosts)
         if self.dry_run:
             self.out(f"[dry-run] pool {pool.name}: would submit {count} worker(s):")
             self.out("  " + " ".join(job.sbatch_argv))
@@ -294,6 +295,8 @@ class ComputeManager:
         self.cycle_started = time.monotonic()
         self.register()
         backlog = self.client.backlog()
+        # Slurm would place new workers on a node denied claims again: new jobs exclude it.
+        self.denied_hosts = [h.host for h in self.client.hosts() if h.denied]
         submissions = self.client.submissions(manager=self.name, open_only=True)
         pools = {p.name: p for p in self.client.pools()}
         asked = time.monotonic()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 from hpcscale import display
 from hpcscale.cli import status_data
@@ -12,6 +16,8 @@ from hpcscale.models import Role, TaskResult, TaskSpec, WorkerRegistration
 from hpcscale.statestore import Store
 from hpcscale.statestore.hosts import SETTLE, HostRules
 from tests.conftest import FakeClock, LiveServer
+from tests.services import ServerProcess
+from tests.slurm_fixtures import require_slurm, unique, wait_for
 
 RULES = HostRules(limit=3, window=60.0, deny_for=300.0)
 
@@ -121,3 +127,46 @@ def test_status_shows_a_denied_host_and_an_admin_can_allow_it(live_server: LiveS
         admin.allow_host("node-bad")
         assert len(worker.claim(wid, ["default"], 1, 1)) == 1
         assert "HOSTS DENIED" not in display.status_text(status_data(admin))
+
+
+@pytest.mark.slurm
+def test_new_jobs_exclude_a_denied_node(tmp_path: Path) -> None:
+    """Slurm would place the replacement workers on the denied node again (the soak saw a pool
+    starve that way): the manager's sbatch excludes it."""
+    require_slurm()
+    serve = ServerProcess(
+        root=tmp_path, database=f"sqlite:///{tmp_path}/state.db", command="serve",
+        manager=unique("h"), poll_interval="1s",
+        pools=[{"name": "cpu", "max_workers": 1, "prior": "1s", "max_empty_claims": 1,
+                "empty_claim_sleep": "0.5s"}],
+    )  # fmt: skip
+    serve.write_config()
+    serve.start()
+    try:
+        with serve.admin() as admin:
+            # n2's worker fails five tasks of a queue no pool serves: n2 is denied.
+            token = admin.create_token(Role.WORKER, None, "n2").token
+            admin.submit([TaskSpec(command=["x"], queue="elsewhere", max_attempts=9)] * 5)
+            with Client(serve.url, token) as n2:
+                wid = n2.register(WorkerRegistration(pool="x", queues=["elsewhere"], host="n2")).id
+                for _ in range(5):
+                    [task] = n2.claim(wid, ["elsewhere"], 1, 1)
+                    n2.results(wid, [TaskResult(task_id=task.id, fence=task.fence, success=False)])
+            wait_for("n2 denied", lambda: [h for h in admin.hosts() if h.denied], timeout=30)
+            [task_id] = admin.submit([TaskSpec(command=["true"])]).ids
+            [job] = wait_for("the pool's job", lambda: _jobs(serve.manager), timeout=60)
+            shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True,
+                                   text=True, timeout=10, check=True).stdout  # fmt: skip
+            assert "ExcNodeList=n2" in shown, shown
+            wait_for("the task done", lambda: admin.get_task(task_id).state.value == "succeeded")
+            [worker] = admin.list_workers(pool="cpu")
+            assert worker.host != "n2"
+    finally:
+        serve.stop()
+        subprocess.run(["scancel", "--name", f"hpcscale.{serve.manager}.cpu"], check=False)
+
+
+def _jobs(manager: str) -> list[str]:
+    argv = ["squeue", "-h", "-r", "--name", f"hpcscale.{manager}.cpu", "-o", "%i"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    return out.stdout.split()

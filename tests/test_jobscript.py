@@ -310,3 +310,15 @@ def test_token_absent_from_running_local_job(
         assert scheduler.find(scheduler.status()[0].tag)[0].state is ElementState.RUNNING
     finally:
         scheduler.cancel([job_id])
+
+
+def test_denied_nodes_are_excluded_by_plain_name_only(tmp_path: Path) -> None:
+    """Node names come from workers' registrations: nothing but a plain name reaches #SBATCH."""
+    cfg = settings()
+    job = render(cfg.pools[0], cfg, "t1", 1, tmp_path / "token", ["n2", "n1", "n3;id", "$(id)"])
+    assert [line for line in job.script.splitlines() if "--exclude" in line] == [
+        "#SBATCH --exclude=n1,n2"
+    ]
+    own = settings({"extra_directives": ["--exclude=n9"]})
+    job = render(own.pools[0], own, "t1", 1, tmp_path / "token", ["n2"])
+    assert "--exclude=n2" not in job.script and "#SBATCH --exclude=n9" in job.script

@@ -43,7 +43,6 @@ from pathlib import Path
 from sqlalchemy import select
 
 from hpcscale.client import Client
-from hpcscale.config import ServerConfig
 from hpcscale.errors import HpcscaleError
 from hpcscale.models import TaskSpec
 from hpcscale.statestore import open_store
@@ -503,15 +502,14 @@ class Soak:
                 text.replace("[pools.slurm]\n", f"[pools.slurm]\n{setup}\n")
             )
         self.server.env = env
-        if "host_failure_limit" in ServerConfig.model_fields:
-            # The soak fails tasks and kills workers on purpose, all on one machine: a host
-            # denied claims for it would starve the pools (Slurm keeps placing their workers on
-            # the first free node), which is not what the soak measures.
-            text = self.server.config_path.read_text()
-            text = text.replace(
-                'reaper_interval = "1s"\n', 'reaper_interval = "1s"\nhost_failure_limit = 0\n', 1
-            )
-            self.server.config_path.write_text(text)
+        # The soak fails tasks and kills workers on purpose on 4 nodes: with every node
+        # denied claims in turn (tests/test_hosts.py covers that), the pools would wait out
+        # the denials instead of being soaked.
+        text = self.server.config_path.read_text()
+        text = text.replace(
+            'reaper_interval = "1s"\n', 'reaper_interval = "1s"\nhost_failure_limit = 0\n', 1
+        )
+        self.server.config_path.write_text(text)
         self.server.start(timeout=60)
         self.manager = ManagerProcess(self.server.config_path, self.root / "manager.log", env)
         self.manager.start()
