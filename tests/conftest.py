@@ -6,6 +6,7 @@ test fails instead: every part the suite needs is brought up there, so a skip me
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -119,41 +120,40 @@ class LiveServer:
     tokens: dict[Role, str]
 
 
-@pytest.fixture
-def live_server(store_url: str) -> Iterator[LiveServer]:
-    """The real API on a loopback port (uvicorn in a thread), with a token of every role."""
+@contextlib.contextmanager
+def threaded_server(database: str, **server: object) -> Iterator[LiveServer]:
+    """The real API on a loopback port (uvicorn in a thread), with a token of every role;
+    `server`: more [server] keys."""
     import uvicorn
 
     from hpcscale.server import create_app
 
     port = free_port()
-    settings = from_mapping(
-        {
-            "server": {
-                "url": f"http://127.0.0.1:{port}",
-                "bind": f"127.0.0.1:{port}",
-                "database": store_url,
-                "lease_ttl": "2s",
-                "reaper_interval": "0.5s",
-            }
-        }
-    )
-    store = open_store(store_url, lease_ttl=settings.server.lease_ttl)
+    address = {"url": f"http://127.0.0.1:{port}", "bind": f"127.0.0.1:{port}"}
+    settings = from_mapping({"server": {**address, "database": database, **server}})
+    store = open_store(database, lease_ttl=settings.server.lease_ttl)
     tokens = {role: store.create_token(role, None, f"test {role.value}") for role in Role}
     app = create_app(store, settings)
-    server = uvicorn.Server(
+    uv = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
-    while not server.started:
+    while not uv.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("test server did not start")
         time.sleep(0.02)
     try:
         yield LiveServer(settings.server.url, store, settings, tokens)
     finally:
-        server.should_exit = True
+        uv.should_exit = True
         thread.join(timeout=15)
         store.close()
+
+
+@pytest.fixture
+def live_server(store_url: str) -> Iterator[LiveServer]:
+    """The real API over each backend, leases of 2 s reaped every 0.5 s."""
+    with threaded_server(store_url, lease_ttl="2s", reaper_interval="0.5s") as server:
+        yield server

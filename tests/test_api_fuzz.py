@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +27,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from hpcscale.config import from_mapping
 from hpcscale.models import MAX_ARGV_BYTES, Role
-from hpcscale.statestore import open_store
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, threaded_server
 
 # Examples per operation, derandomized: a failure found once is found again, and the matrix
 # stays within the suite's budget. Admin, allowed everywhere, reaches every route's code; the
@@ -53,39 +49,9 @@ HUGE = 2**70  # past any 64-bit column
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One SQLite-backed server for the module: the fuzz is about the HTTP layer, and a server
     per test would cost more than the tests."""
-    import uvicorn
-
-    from hpcscale.server import create_app
-
     db = Path(tmp_path_factory.mktemp("fuzz")) / "state.db"
-    port = free_port()
-    settings = from_mapping(
-        {
-            "server": {
-                "url": f"http://127.0.0.1:{port}",
-                "bind": f"127.0.0.1:{port}",
-                "database": f"sqlite:///{db}",
-                "max_body_bytes": BODY_LIMIT,
-            }
-        }
-    )
-    store = open_store(settings.server.database, lease_ttl=settings.server.lease_ttl)
-    tokens = {role: store.create_token(role, None, f"fuzz {role.value}") for role in Role}
-    app = create_app(store, settings)
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not uv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("fuzz server did not start")
-        time.sleep(0.02)
-    try:
-        yield LiveServer(settings.server.url, store, settings, tokens)
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=15)
-        store.close()
+    with threaded_server(f"sqlite:///{db}", max_body_bytes=BODY_LIMIT) as live:
+        yield live
 
 
 # ---------------------------------------------------------------------- schemathesis
