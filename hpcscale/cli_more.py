@@ -92,6 +92,12 @@ def add_commands(
             )
         p.set_defaults(func=cmd_control, control=name)
 
+    p = sub.add_parser(
+        "hosts", parents=[common, listing], help="worker hosts: failure streaks, denied claims"
+    )
+    p.add_argument("--allow", metavar="NODE", help="let a denied node's workers claim again")
+    p.set_defaults(func=cmd_hosts)
+
     p = sub.add_parser("set-max", parents=[common], help="lower (or restore) a pool's max_workers")
     p.add_argument("pool")
     p.add_argument("max", type=int, help="the new cap (the config's max_workers still bounds it)")
@@ -214,6 +220,16 @@ def cmd_control(args: argparse.Namespace) -> int:
     with make_client(args, settings) as client:
         info = client.update_pool(args.pool, PoolUpdate(control=control))
     print(f"pool {info.name}: {info.control.value} (takes effect within one manager cycle)")
+    return 0
+
+
+def cmd_hosts(args: argparse.Namespace) -> int:
+    from hpcscale import display
+    from hpcscale.cli import emit, make_client
+
+    with make_client(args) as client:
+        hosts = client.allow_host(args.allow) if args.allow else client.hosts()
+    emit(args, hosts, lambda: display.hosts_table(hosts))
     return 0
 
 

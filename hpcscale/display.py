@@ -226,6 +226,18 @@ def status_text(data: dict[str, Any]) -> str:
     )
 
 
+def hosts_table(hosts: Sequence[HostInfo]) -> str:
+    """Every host the store has judged: its streak, and until when it is denied claims."""
+    if not hosts:
+        return "no worker host has failed a task yet"
+    rows = [
+        [h.host, "denied" if h.denied else "ok", when(h.denied_until) if h.denied else "",
+         h.fail_streak, h.denials, clip(h.last_detail or "", 40)]
+        for h in hosts
+    ]  # fmt: skip
+    return table(["HOST", "CLAIMS", "UNTIL", "STREAK", "DENIALS", "LAST FAILURE"], rows)
+
+
 def hosts_text(hosts: Sequence[HostInfo]) -> list[str]:
     """Hosts denied claims, with why and until when; nothing while every host is trusted."""
     denied = [h for h in hosts if h.denied]

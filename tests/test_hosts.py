@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from hpcscale.client import Client
 from hpcscale.models import Role, TaskResult, TaskSpec, WorkerRegistration
 from hpcscale.statestore import Store
 from hpcscale.statestore.hosts import SETTLE, HostRules
+from hpcscale.tokens import write_secret
 from tests.conftest import FakeClock, LiveServer
 from tests.services import ServerProcess
 from tests.slurm_fixtures import require_slurm, unique, wait_for
@@ -110,7 +112,9 @@ def test_streaks_slower_than_the_window_never_deny(
     assert not any(h.denied for h in store.list_hosts())
 
 
-def test_status_shows_a_denied_host_and_an_admin_can_allow_it(live_server: LiveServer) -> None:
+def test_status_shows_a_denied_host_and_an_admin_can_allow_it(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
     url, tokens = live_server.url, live_server.tokens
     with Client(url, tokens[Role.WORKER]) as worker, Client(url, tokens[Role.ADMIN]) as admin:
         admin.submit([TaskSpec(command=["x"], max_attempts=20)] * 10)
@@ -124,7 +128,12 @@ def test_status_shows_a_denied_host_and_an_admin_can_allow_it(live_server: LiveS
         text = display.status_text(status_data(admin))
         assert "HOSTS DENIED CLAIMS" in text and "node-bad" in text
         assert worker.claim(wid, ["default"], 1, 1) == []
-        admin.allow_host("node-bad")
+        config = tmp_path / "config.toml"
+        write_secret(tmp_path / "token", tokens[Role.ADMIN])
+        config.write_text(f'[server]\nurl = "{url}"\ntoken_file = "{tmp_path}/token"\n')
+        listed = _cli("hosts", "--config", str(config))
+        assert "node-bad" in listed and "denied" in listed
+        _cli("hosts", "--allow", "node-bad", "--config", str(config))
         assert len(worker.claim(wid, ["default"], 1, 1)) == 1
         assert "HOSTS DENIED" not in display.status_text(status_data(admin))
 
@@ -164,6 +173,13 @@ def test_new_jobs_exclude_a_denied_node(tmp_path: Path) -> None:
     finally:
         serve.stop()
         subprocess.run(["scancel", "--name", f"hpcscale.{serve.manager}.cpu"], check=False)
+
+
+def _cli(*args: str) -> str:
+    argv = [sys.executable, "-m", "hpcscale", *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def _jobs(manager: str) -> list[str]:
