@@ -69,6 +69,7 @@ from hpcscale.models import (
     Backlog,
     DecisionRecord,
     Event,
+    HostInfo,
     ManagerInfo,
     ManagerRegistration,
     PoolHistory,
@@ -567,6 +568,9 @@ class StoreClient:
 
     def pools(self) -> list[PoolInfo]:
         return self.t.run("list_pools", self.store.list_pools)
+
+    def hosts(self) -> list[HostInfo]:
+        return self.t.run("list_hosts", self.store.list_hosts)
 
     def queue_stats(self, queue: str) -> QueueStats:
         return self.t.run("queue_stats", self.store.queue_stats, queue)
