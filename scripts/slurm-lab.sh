@@ -227,14 +227,30 @@ stop_pid() {  # stop_pid FILE NAME: SIGTERM, wait, SIGKILL; only if it is still 
 stop_all() {
     local n pids=()
     if [ -f "$CONF" ] && alive "$DIR/run/slurmctld.pid" slurmctld; then
-        # Cancel what runs on the lab so no job step outlives its slurmd.
+        # Cancel what runs on the lab so no job step outlives its slurmd, and let the jobs end
+        # while slurmctld still answers: a slurmd child reporting a job's end to a controller
+        # that is gone retries for ever (seen: one left behind per test run).
         SLURM_CONF="$CONF" scancel --quiet --full --user=root 2>/dev/null || true
+        wait_for 15 queue_empty || true
     fi
     # Stop the daemons in parallel: each takes ~2 s after SIGTERM.
     for n in "${NODES[@]}"; do stop_pid "$DIR/run/slurmd-$n.pid" slurmd & pids+=($!); done
     stop_pid "$DIR/run/slurmctld.pid" slurmctld & pids+=($!)
     wait "${pids[@]}" 2>/dev/null || true
     stop_pid "$DIR/munge/munged.pid" munged
+    stop_strays
+}
+
+queue_empty() { [ -z "$(SLURM_CONF="$CONF" squeue -h 2>/dev/null)" ]; }
+
+# Whatever the daemons forked and left running (a slurmd child retrying an RPC, a slurmstepd):
+# only processes of this lab, known by the SLURM_CONF they were started with.
+stop_strays() {
+    local pid
+    for pid in $(pgrep -x 'slurmd|slurmstepd|slurmctld' || true); do
+        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "SLURM_CONF=$CONF" &&
+            kill -KILL "$pid" 2>/dev/null || true
+    done
 }
 
 # slurmctld alone: SIGTERM (it saves its state on the way out), then started again WITHOUT -c,
