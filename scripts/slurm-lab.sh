@@ -248,7 +248,7 @@ queue_empty() { [ -z "$(SLURM_CONF="$CONF" squeue -h 2>/dev/null)" ]; }
 stop_strays() {
     local pid
     for pid in $(pgrep -x 'slurmd|slurmstepd|slurmctld' || true); do
-        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "SLURM_CONF=$CONF" &&
+        { tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null | grep -qx "SLURM_CONF=$CONF" &&
             kill -KILL "$pid" 2>/dev/null || true
     done
 }
