@@ -29,6 +29,7 @@ from hpcscale.models import (
     CancelRequest,
     ClaimedTask,
     ClaimRequest,
+    CycleView,
     DecisionRecord,
     DeregisterRequest,
     Event,
@@ -39,6 +40,7 @@ from hpcscale.models import (
     Lease,
     ManagerInfo,
     ManagerRegistration,
+    ObserveRequest,
     PoolHistory,
     PoolInfo,
     PoolUpdate,
@@ -227,6 +229,12 @@ class Client:
         params = _clean({"pool": pool, "live": live, "since": since})
         raw = self._request("GET", "/v1/workers", params=params)
         return _list(Worker, raw)
+
+    def worker(self, worker_id: str) -> Worker:
+        return self._get(f"/v1/workers/{worker_id}", Worker)
+
+    def observe(self, manager: str, ask: ObserveRequest) -> CycleView:
+        return self._post(f"/v1/managers/{manager}/observe", ask, CycleView)
 
     def claim(
         self,

@@ -1,8 +1,10 @@
 """The manager: observe -> decide -> act -> record, for every pool, every cycle.
 
-It keeps no state of its own (invariant 5). Every cycle it rebuilds the picture from the store
-(backlog, workers, its open submissions, controls, history) and from ONE scheduler query per
-kind of scheduler (all pools at once), so a restarted manager knows exactly what is in flight.
+It keeps no state of its own (invariant 5). Every cycle it reads the picture from the store in
+one request and one snapshot (backlog, workers, its open submissions, controls, history: a
+`CycleView`) and from ONE scheduler query per kind of scheduler (all pools at once), so a
+restarted manager knows exactly what is in flight. Its workers come as changes to a copy it
+holds (worker_mirror.py), which a restart rebuilds with one full read.
 Submissions are recorded as intents before `sbatch` and reconciled by tag afterwards: an sbatch
 that timed out but created the job is found, not submitted twice (invariant 3).
 
@@ -52,10 +54,15 @@ from hpcscale.jobscript import render
 from hpcscale.models import (
     Backlog,
     Control,
+    CycleView,
     DecisionRecord,
     ManagerRegistration,
+    ObserveRequest,
     PoolHistory,
     PoolInfo,
+    PoolObservation,
+    PoolQuestion,
+    QueueStats,
     Role,
     Submission,
     SubmissionIntent,
@@ -85,6 +92,7 @@ from hpcscale.schedulers import (
 )
 from hpcscale.tokens import write_secret
 from hpcscale.windows import active_window, pool_windows
+from hpcscale.worker_mirror import WorkerMirror
 
 log = logging.getLogger("hpcscale.manager")
 
@@ -146,6 +154,7 @@ class ComputeManager:
         self.stop = threading.Event()
         self.last: dict[str, Decision] = {}
         self._registered = False
+        self.mirror = WorkerMirror(window=HISTORY_WINDOW)
         self.cycle_started = time.monotonic()
         self.scheduler_seconds = 0.0
         # pool -> (when the next pre-flight is due, the scheduler's refusal or None)
@@ -166,10 +175,10 @@ class ComputeManager:
             takeover_from=self._dead_predecessor(host),
         )
         self.client.register_manager(self.name, registration)
-        self._registered = True
-        if not self.counted_failures:
+        if not self._registered:  # failed starts counted before a restart stay counted
             for event in self.client.events(kind_prefix="pool.failed_start", limit=1000):
                 self.counted_failures.add((event.detail or "").split(" ")[-1])
+        self._registered = True
 
     def _dead_predecessor(self, host: str) -> str | None:
         """The instance to replace at once: ours on this host whose process is gone (a
@@ -199,8 +208,11 @@ class ComputeManager:
         submissions: Sequence[Submission],
         workers: Sequence[Worker],
         est_duration: float,
+        observed: PoolObservation,
     ) -> PoolView:
-        """Join the pool's submissions, their elements' states and the registered workers."""
+        """Join the pool's submissions, their elements' states and the registered workers.
+        The workers' busy slots and tasks started are the store's of this cycle (`observed`):
+        the copies in `workers` follow only their state."""
         now = self.clock()
         view = PoolView()
         by_tag: dict[str, list[ElementStatus]] = {}
@@ -208,6 +220,7 @@ class ComputeManager:
             by_tag.setdefault(element.tag, []).append(element)
         for sub in submissions:
             self._reconcile(sub, by_tag.get(sub.tag, []), view, now)
+        max_tasks, spent = pool.worker.max_tasks, set(observed.spent)
         live = {(w.job_id, w.array_index): w for w in workers}
         ever = {(w.job_id, w.array_index) for w in workers}
         for element in elements:
@@ -230,14 +243,11 @@ class ComputeManager:
                 worker = live.get(key)
                 if worker is not None and worker.state.value in ("active", "draining"):
                     view.registered.append(worker)
-                    if worker.busy_slots:
-                        view.busy += 1
-                    else:
-                        view.idle += 1
+                    # The store lists the workers at max_tasks; their exact count is not needed.
+                    started = max_tasks if worker.id in spent else 0
                     if leaving_soon(
                         now, worker.expected_end, worker.state.value == "draining",
-                        worker.tasks_done + worker.busy_slots, pool.worker.max_tasks,
-                        est_duration,
+                        started, max_tasks, est_duration,
                     ):  # fmt: skip
                         view.leaving_soon += 1
                 else:
@@ -245,6 +255,9 @@ class ComputeManager:
                     if now - first > self.settings.manager.start_grace:
                         view.failed_starts.append(element.element_id)
                     view.starting.append(element)
+        # Busy as of the workers' last heartbeats, counted among those registered here.
+        view.busy = min(observed.busy, len(view.registered))
+        view.idle = len(view.registered) - view.busy
         return view
 
     def create_compute_service(self, pool: PoolConfig, count: int) -> Submission | None:
@@ -294,11 +307,11 @@ class ComputeManager:
         result = CycleResult({}, {}, {})
         self.cycle_started = time.monotonic()
         self.register()
-        backlog = self.client.backlog()
+        view = self.observe()
         # Slurm would place new workers on a node denied claims again: new jobs exclude it.
-        self.denied_hosts = [h.host for h in self.client.hosts() if h.denied]
-        submissions = self.client.submissions(manager=self.name, open_only=True)
-        pools = {p.name: p for p in self.client.pools()}
+        self.denied_hosts = view.denied_hosts
+        pools = {p.name: p for p in view.pools}
+        per_pool = {p.pool: p for p in view.per_pool}
         asked = time.monotonic()
         elements, unreadable = self._elements()
         self.scheduler_seconds = time.monotonic() - asked
@@ -308,8 +321,8 @@ class ComputeManager:
                     raise SchedulerError(unreadable[pool.scheduler])
                 decision = self._cycle_pool(
                     pool,
-                    backlog,
-                    [s for s in submissions if s.pool == pool.name],
+                    view,
+                    per_pool[pool.name],
                     [e for e in elements if e.pool == pool.name],
                     pools.get(pool.name),
                 )
@@ -320,6 +333,28 @@ class ComputeManager:
                 result.errors[pool.name] = str(exc)
                 self._record(pool, None, {}, [f"cycle failed, submitting nothing: {exc}"])
         return result
+
+    def observe(self) -> CycleView:
+        """The cycle's reads; the workers changed since the last cycle go into the mirror."""
+        now = self.clock()
+        questions = [
+            PoolQuestion(
+                pool=pool.name,
+                queues=pool.queues,
+                history_since=max(0.0, now - self.settings.manager.breaker_window),
+                submitted_since=max(0.0, now - CEILING_WINDOW),
+                max_tasks=pool.worker.max_tasks,
+            )
+            for pool in self.settings.pools
+        ]
+        since = max(0.0, now - HISTORY_WINDOW)
+        ask = ObserveRequest(pools=questions, since=since, cursor=self.mirror.cursor)
+        view = self.client.observe(self.name, ask)
+        if not self.mirror.apply(view.workers, view.cursor, now):
+            log.warning("the store's worker feed went back (another database?): reading all")
+            view = self.client.observe(self.name, ask.model_copy(update={"cursor": None}))
+            self.mirror.apply(view.workers, view.cursor, now)
+        return view
 
     def _elements(self) -> tuple[list[ElementStatus], dict[str, str]]:
         """Every element of this manager: one status() per kind of scheduler."""
@@ -339,29 +374,31 @@ class ComputeManager:
     def _cycle_pool(
         self,
         pool: PoolConfig,
-        backlog: Sequence[Backlog],
-        submissions: Sequence[Submission],
+        cycle: CycleView,
+        observed: PoolObservation,
         elements: Sequence[ElementStatus],
         info: PoolInfo | None,
     ) -> Decision:
         now = self.clock()
-        claimable = self.request_claimable(pool, backlog)
-        est = self._duration(pool, backlog)
-        workers = self.client.list_workers(pool=pool.name, since=now - HISTORY_WINDOW)
-        view = self.check_managed_compute_services(pool, elements, submissions, workers, est)
+        claimable = self.request_claimable(pool, cycle.backlog)
+        est = self._duration(pool, cycle.backlog, cycle.queue_stats)
+        workers = self.mirror.of_pool(pool.name)
+        submissions = [s for s in cycle.submissions if s.pool == pool.name]
+        view = self.check_managed_compute_services(
+            pool, elements, submissions, workers, est, observed
+        )
         for worker_id in view.gone_workers:
             released = self.client.worker_gone(worker_id, "its job ended")
             log.info("pool %s: worker %s's job ended; requeued %s", pool.name, worker_id, released)
         for element_id in view.failed_starts:
             self._failed_start(pool, element_id)
         if view.gone_workers:  # read them back as ended: a quick end counts this cycle
-            workers = self.client.list_workers(pool=pool.name, since=now - HISTORY_WINDOW)
+            self.mirror.update([self.client.worker(w) for w in view.gone_workers])
+            workers = self.mirror.of_pool(pool.name)
         for worker in workers:
             self._quick_end(pool, worker)
         blocked = self._preflight(pool)
-        history = self.client.pool_history(
-            pool.name, since=now - self.settings.manager.breaker_window
-        )
+        history = observed.history
         breaker = self._breaker(
             history.failed_starts, self._last_healthy_registration(workers, history), now
         )
@@ -371,7 +408,7 @@ class ComputeManager:
             self.settings.manager.breaker_window,
             self.settings.manager.breaker_failures,
         )
-        submitted = self._submitted_last_hour(pool, now)
+        submitted = observed.submitted  # this rolling hour's, refused submissions not counted
         budgets = self._budgets(pool, view, now)
         burning = len(view.starting) + len(view.registered)  # elements running now
         rules = self._rules(pool)
@@ -460,11 +497,14 @@ class ComputeManager:
     def _rules(self, pool: PoolConfig) -> PoolRules:
         return rules_from_pool(pool, self.schedulers[pool.name].max_array_size)
 
-    def _duration(self, pool: PoolConfig, backlog: Sequence[Backlog]) -> float:
+    def _duration(
+        self, pool: PoolConfig, backlog: Sequence[Backlog], stats_of: Sequence[QueueStats]
+    ) -> float:
         counts = {b.queue: b.count for b in backlog}
+        known = {s.queue: s for s in stats_of}
         per_queue = []
         for queue in pool.queues:
-            stats = self.client.queue_stats(queue)
+            stats = known[queue]
             duration = estimate.task_duration(stats.recent_durations, pool.task_duration_prior)
             per_queue.append((duration, counts.get(queue, 0)))
         default = max((d for d, _ in per_queue), default=pool.task_duration_prior)
@@ -584,12 +624,6 @@ class ComputeManager:
             if hours is not None and per > 0:
                 out.append(Budget(kind, hours * 3600, per * seconds, per * ahead, per * wall, per))
         return tuple(out)
-
-    def _submitted_last_hour(self, pool: PoolConfig, now: float) -> int:
-        """Workers asked of the scheduler for this pool in the last hour, from the store (so a
-        restart does not reset the ceiling); refused submissions created nothing."""
-        recent = self.client.submissions(pool=pool.name, since=now - CEILING_WINDOW, limit=10_000)
-        return sum(s.count for s in recent if s.state != SubmissionState.FAILED)
 
     def _preflight(self, pool: PoolConfig) -> str | None:
         """The scheduler's own test of the pool's real job script, at start and every

@@ -435,6 +435,55 @@ class PoolHistory(_Wire):
     last_registration: float | None
 
 
+class PoolQuestion(_Wire):
+    """What a manager asks the store about one of its pools each cycle."""
+
+    pool: QueueName
+    queues: list[QueueName] = Field(max_length=256)
+    history_since: float = Field(ge=0, description="failed starts since (the breaker's window)")
+    submitted_since: float = Field(ge=0, description="workers asked since (the hourly ceiling)")
+    max_tasks: int = Field(
+        default=0, ge=0, le=MAX_INT32, description="list the live workers that started this many"
+    )
+
+
+class ObserveRequest(_Wire):
+    pools: list[PoolQuestion] = Field(max_length=1000)
+    since: float = Field(ge=0, description="workers that ended are listed if started since")
+    cursor: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_INT64,
+        description="list only the workers changed since this (the previous reply's cursor)",
+    )
+
+
+class PoolObservation(_Wire):
+    pool: str
+    history: PoolHistory
+    submitted: int = Field(description="workers asked since submitted_since, refused ones not")
+    busy: int = Field(description="live workers whose last heartbeat had a task running")
+    spent: list[str] = Field(description="live workers that started max_tasks tasks")
+
+
+class CycleView(_Wire):
+    """All a manager's cycle reads, in one request and one read transaction of the store.
+
+    `workers` is a change feed: a worker's row comes again when it registers or its state, end
+    or deadline changes, not at heartbeats, claims or results; its tasks_done and busy_slots are
+    as of that change (final once it has ended). What moves with every task comes per pool
+    (`busy`, `spent`) instead."""
+
+    backlog: list[Backlog]
+    denied_hosts: list[str]
+    submissions: list[Submission] = Field(description="the manager's open submissions")
+    pools: list[PoolInfo]
+    queue_stats: list[QueueStats]
+    per_pool: list[PoolObservation]
+    workers: list[Worker]
+    cursor: int = Field(description="send it back to get only the workers changed since")
+
+
 class WorkerGone(_Wire):
     reason: Text = "job ended"
 

@@ -48,6 +48,7 @@ from hpcscale.models import (
     CancelRequest,
     ClaimedTask,
     ClaimRequest,
+    CycleView,
     DecisionRecord,
     DeregisterRequest,
     Event,
@@ -57,6 +58,7 @@ from hpcscale.models import (
     HostInfo,
     ManagerInfo,
     ManagerRegistration,
+    ObserveRequest,
     PoolHistory,
     PoolInfo,
     PoolUpdate,
@@ -561,6 +563,14 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         found = store.list_workers(pool, live_only=live, since=since)
         return Response(_WORKERS.dump_json(found), media_type="application/json")
 
+    @app.get(
+        "/v1/workers/{worker_id}",
+        tags=["workers"],
+        responses=AUTH_ERRORS | _error(404, "no worker with this id"),
+    )
+    def get_worker(worker_id: WorkerId, _who: Manager) -> Worker:
+        return store.get_worker(worker_id)
+
     # The per-task endpoints, claim, heartbeat and results, are most of the load. FastAPI's
     # per-request work (dependency solving, json.loads and then validating the objects, checking
     # the reply against its model) costs more than their SQL, so they are plain Starlette routes
@@ -763,6 +773,18 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     )
     def register_manager(name: QueueName, body: ManagerRegistration, _who: Manager) -> ManagerInfo:
         return store.register_manager(name, body)
+
+    @app.post(
+        "/v1/managers/{name}/observe",
+        tags=["manager"],
+        response_model=CycleView,
+        responses=AUTH_ERRORS,
+    )
+    def observe(name: QueueName, body: ObserveRequest, _who: Manager) -> Response:
+        """Everything a manager's cycle reads, from one snapshot of the store, its workers as a
+        change feed (statestore/observe.py). Serialized once, as /v1/workers."""
+        view = store.observe(name, body)
+        return Response(view.model_dump_json(), media_type="application/json")
 
     @app.get("/v1/managers", tags=["manager"], responses=AUTH_ERRORS)
     def list_managers(_who: AnyReader) -> list[ManagerInfo]:

@@ -1,5 +1,5 @@
 """waiting_counts (kept by triggers on `tasks`) against the tasks themselves, on both backends:
-after every kind of state change, across an upgrade from schema 1, under concurrent claimers."""
+after every kind of state change, across upgrades from schemas 1 and 2, with concurrent claims."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from hpcscale.models import Lease, TaskResult, TaskSpec, TaskState, WorkerRegist
 from hpcscale.statestore import Store, schema
 from hpcscale.statestore.schema import meta
 from tests.conftest import FakeClock
+from tests.test_worker_feed import back_to_schema_2
 
 QUEUES = ["a", "b", "c"]
 
@@ -139,6 +140,7 @@ def test_upgrade_from_schema_1_counts_what_is_there(make_store: Callable[..., St
     worker = store.register_worker(WorkerRegistration(pool="p", queues=["a"])).id
     store.claim(worker, ["a"], 1, 2)
     postgres = not store.is_sqlite
+    back_to_schema_2(store)
     with store.engine.begin() as conn:  # back to what schema 1 had
         for trigger in schema.COUNTER_TRIGGERS:
             conn.exec_driver_sql(

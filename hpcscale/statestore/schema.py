@@ -6,7 +6,8 @@ no bump: it is created when an older database is opened.
 
 Version 2: `waiting_counts`, kept by triggers on `tasks` (`install_counters`), and the indexes
 the manager's cycle seeks with at 10^6 tasks and 10^4 workers (bench/scale.py, BENCHMARKS.md
-"Scale").
+"Scale"). Version 3: `workers.rev`, the change feed the manager follows instead of reading every
+worker each cycle (`install_worker_revs`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 log = logging.getLogger("hpcscale.statestore")
 
 metadata = MetaData()
@@ -127,7 +128,11 @@ workers = Table(
     Column("busy_slots", Integer, nullable=False, server_default=text("0")),
     Column("end_reason", Text),
     Column("ended_at", Float),
+    # When the row last changed in a way the manager follows (registered, a new state): see
+    # install_worker_revs. Heartbeats, claims and results leave it alone.
+    Column("rev", BigInteger, nullable=False, server_default=text("0")),
 )
+Index("ix_workers_rev", workers.c.rev)
 Index("ix_workers_pool_state", workers.c.pool, workers.c.state)
 Index("ix_workers_state_heartbeat", workers.c.state, workers.c.last_heartbeat)
 # A pool's workers started since a time (the manager's look-back), newest first (its history).
@@ -341,6 +346,52 @@ def install_counters(conn: Connection) -> None:
     )
 
 
+# ---------------------------------------------------------------------- workers.rev
+
+# A worker row gets a new `rev` when it is inserted or its state, end or deadline changes, so a
+# reader that remembers a cursor can ask only for what changed since (Store.observe). What the
+# cursor means differs per backend, each exact in commit order:
+# - SQLite commits one writer at a time, so max(rev) + 1 numbers the writes in commit order; the
+#   cursor is the largest rev the reader saw plus one.
+# - PostgreSQL commits concurrent transactions in any order, so a counter could let a reader see
+#   rev 11 before rev 10 commits, and skip it. The rev is the writing transaction's id instead,
+#   and the cursor the xmin of the reader's snapshot: every transaction that snapshot did not see
+#   has an id >= xmin, so `rev >= cursor` finds it later. Rows the reader did see may come again.
+_WORKER_REV_COLUMNS = "state, ended_at, end_reason, expected_end"
+WORKER_REV_TRIGGERS = {
+    "sqlite": ("workers_rev_insert", "workers_rev_update"),
+    "postgresql": ("workers_rev",),
+}
+_SQLITE_NEXT_REV = (
+    "UPDATE workers SET rev = (SELECT coalesce(max(rev), 0) + 1 FROM workers) WHERE id = NEW.id"
+)
+SQLITE_WORKER_REVS = (
+    "DROP TRIGGER IF EXISTS workers_rev_insert",
+    f"CREATE TRIGGER workers_rev_insert AFTER INSERT ON workers BEGIN {_SQLITE_NEXT_REV}; END",
+    "DROP TRIGGER IF EXISTS workers_rev_update",
+    f"CREATE TRIGGER workers_rev_update AFTER UPDATE OF {_WORKER_REV_COLUMNS} ON workers "
+    f"BEGIN {_SQLITE_NEXT_REV}; END",
+)
+POSTGRES_WORKER_REVS = (
+    """CREATE OR REPLACE FUNCTION hpcscale_worker_rev() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.rev := pg_current_xact_id()::text::bigint;
+  RETURN NEW;
+END $$""",
+    "DROP TRIGGER IF EXISTS workers_rev ON workers",
+    f"CREATE TRIGGER workers_rev BEFORE INSERT OR UPDATE OF {_WORKER_REV_COLUMNS} ON workers "
+    "FOR EACH ROW EXECUTE FUNCTION hpcscale_worker_rev()",
+)
+
+
+def install_worker_revs(conn: Connection) -> None:
+    """(Re)create the triggers that keep `workers.rev`, in the caller's write transaction."""
+    postgres = conn.dialect.name == "postgresql"
+    for statement in POSTGRES_WORKER_REVS if postgres else SQLITE_WORKER_REVS:
+        conn.exec_driver_sql(statement)
+
+
 def fold_counters(conn: Connection) -> None:
     """PostgreSQL: fold the shards of backends that are gone into shard 0, so that the shards
     stay about as many as the server's connections. Nothing to do on SQLite."""
@@ -354,10 +405,14 @@ def upgrade(conn: Connection, found: int) -> None:
     transaction (the caller records the new number). New tables are already there: create_all
     makes them, but not new indexes of the tables it finds."""
     log.warning("upgrading the database from schema %d to %d", found, SCHEMA_VERSION)
+    if found < 3:  # before the indexes: ix_workers_rev is on it
+        conn.exec_driver_sql("ALTER TABLE workers ADD COLUMN rev BIGINT NOT NULL DEFAULT 0")
+    if found < 2 and conn.dialect.name == "postgresql":  # ix_events_kind: text_pattern_ops now
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_events_kind")
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
     if found < 2:
-        if conn.dialect.name == "postgresql":  # ix_events_kind is text_pattern_ops now
-            conn.exec_driver_sql("DROP INDEX IF EXISTS ix_events_kind")
-        for table in metadata.sorted_tables:
-            for index in table.indexes:
-                index.create(conn, checkfirst=True)
         install_counters(conn)
+    if found < 3:
+        install_worker_revs(conn)

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -69,6 +69,13 @@ from hpcscale.models import (
 from hpcscale.statestore import schema
 from hpcscale.statestore.hosts import HostRecords, HostRules
 from hpcscale.statestore.manager_records import ManagerRecords
+from hpcscale.statestore.observe import (
+    LIVE_WORKER_STATES,
+    WORKER_COLUMNS,
+    Observe,
+    live_workers,
+    rows_to_workers,
+)
 from hpcscale.statestore.schema import (
     batches,
     events,
@@ -82,7 +89,6 @@ from hpcscale.statestore.schema import (
 
 Clock = Callable[[], float]
 T = TypeVar("T")
-LIVE_WORKER_STATES = (WorkerState.ACTIVE.value, WorkerState.DRAINING.value)
 # A literal, not a parameter: the planners use the partial index ix_tasks_waiting_age only when
 # the query names its predicate (PostgreSQL's generic plans of prepared statements included).
 WAITING: Any = literal_column("'waiting'")
@@ -263,7 +269,7 @@ class _Checkpointer:
             conn.close()
 
 
-class Store(ManagerRecords, HostRecords):
+class Store(ManagerRecords, HostRecords, Observe):
     """The statestore. Thread-safe; one instance per process is enough."""
 
     def __init__(
@@ -286,6 +292,7 @@ class Store(ManagerRecords, HostRecords):
         self._sql = _Sql(self.is_sqlite)
         self._checkpointer: _Checkpointer | None = None
         self._group: tuple[int, _Cursor] | None = None  # (thread, cursor) inside together()
+        self._reading = threading.local()  # .conn: this thread's open read transaction
         self._create_or_check_schema()
 
     # ----------------------------------------------------------------- plumbing
@@ -451,11 +458,25 @@ class Store(ManagerRecords, HostRecords):
             fairy.close()
 
     @contextmanager
-    def _read(self) -> Iterator[Connection]:
+    def _read(self, snapshot: bool = False) -> Iterator[Connection]:
+        """A read-only transaction; inside another of this thread, that one (so that `observe`
+        runs the other reads in its transaction). `snapshot`: PostgreSQL's REPEATABLE READ, one
+        snapshot for every statement (SQLite's read transactions always are)."""
+        held: Connection | None = getattr(self._reading, "conn", None)
+        if held is not None:
+            yield held
+            return
+        options: dict[str, Any] = {"readonly": True}
+        if snapshot and not self.is_sqlite:
+            options["isolation_level"] = "REPEATABLE READ"
         with self.engine.connect() as raw:
-            conn = raw.execution_options(readonly=True)
+            conn = raw.execution_options(**options)
             with conn.begin():
-                yield conn
+                self._reading.conn = conn
+                try:
+                    yield conn
+                finally:
+                    self._reading.conn = None
 
     def _create_or_check_schema(self) -> None:
         with self._write() as conn:
@@ -464,6 +485,7 @@ class Store(ManagerRecords, HostRecords):
             schema.fold_counters(conn)
             if row is None:
                 schema.install_counters(conn)
+                schema.install_worker_revs(conn)
                 with contextlib.suppress(IntegrityError):  # another process was first
                     conn.execute(
                         insert(meta).values(key="schema_version", value=str(schema.SCHEMA_VERSION))
@@ -1084,9 +1106,9 @@ class Store(ManagerRecords, HostRecords):
         With `since`, two index ranges read as one UNION ALL (the live ones down ix_workers_
         pool_state, the others started since down ix_workers_pool_started), not a pass over the
         pool's whole history; sorted here, so the planner need not walk an index in started_at
-        order to spare a sort. The manager reads 10^4 of them a cycle: see `_workers`."""
+        order to spare a sort. A manager reads 10^4 of them once (then changes: observe.py)."""
         columns = [workers.c[name] for name in WORKER_COLUMNS]
-        live = workers.c.state.in_([literal_column(f"'{s}'") for s in LIVE_WORKER_STATES])
+        live = live_workers()
         where = [] if pool is None else [workers.c.pool == pool]
         query: Any = select(*columns).where(live, *where)
         if not live_only and since is None:
@@ -1095,7 +1117,7 @@ class Store(ManagerRecords, HostRecords):
             recent = select(*columns).where(~live, workers.c.started_at >= since, *where)
             query = union_all(query, recent)
         with self._read() as conn:
-            found = _workers(conn.execute(query))
+            found = rows_to_workers(conn.execute(query))
         found.sort(key=lambda w: w.started_at)
         return found
 
@@ -1365,31 +1387,6 @@ def _task(row: Any) -> Task:
         started_at=row.started_at,
         ended_at=row.ended_at,
     )
-
-
-WORKER_COLUMNS = (
-    "id", "pool", "queues", "host", "slots", "job_id", "array_index", "submission",
-    "started_at", "expected_end", "last_heartbeat", "state", "tasks_done", "busy_slots",
-    "end_reason", "ended_at",
-)  # fmt: skip
-
-
-def _workers(rows: Iterable[Sequence[Any]]) -> list[Worker]:
-    """Workers from rows of WORKER_COLUMNS: a dict each, validated by pydantic-core directly
-    (Worker(**kwargs) and SQLAlchemy's attribute access cost twice as much per row), each
-    distinct queues list parsed once."""
-    parsed: dict[str, list[str]] = {}
-    validate = Worker.__pydantic_validator__.validate_python
-    out: list[Worker] = []
-    for row in rows:
-        values = dict(zip(WORKER_COLUMNS, row, strict=True))
-        queues = values["queues"]
-        names = parsed.get(queues)
-        if names is None:
-            names = parsed[queues] = json.loads(queues)
-        values["queues"] = names
-        out.append(validate(values))
-    return out
 
 
 def _prefix_range(column: Any, prefix: str, is_sqlite: bool) -> list[Any]:
