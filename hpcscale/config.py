@@ -365,7 +365,7 @@ class ScheduleConfig(_Strict):
 
 class PoolConfig(_Strict):
     name: Name
-    queues: list[SafeName] = Field(default_factory=lambda: ["default"], min_length=1)
+    queues: list[SafeName] = Field(default_factory=lambda: ["default"], min_length=1, max_length=64)
     scheduler: Literal["slurm", "pyslurm", "local"] = "slurm"
     min_workers: int = Field(default=0, ge=0)
     max_workers: int = Field(default=10, ge=0)
@@ -417,7 +417,7 @@ class Settings(BaseSettings):
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     manager: ManagerConfig = Field(default_factory=ManagerConfig)
-    pools: list[PoolConfig] = Field(default_factory=list)
+    pools: list[PoolConfig] = Field(default_factory=list, max_length=256)  # ObserveRequest.pools
 
     @model_validator(mode="after")
     def _unique_pools(self) -> Settings:

@@ -439,7 +439,7 @@ class PoolQuestion(_Wire):
     """What a manager asks the store about one of its pools each cycle."""
 
     pool: QueueName
-    queues: list[QueueName] = Field(max_length=256)
+    queues: list[QueueName] = Field(max_length=64)
     history_since: float = Field(ge=0, description="failed starts since (the breaker's window)")
     submitted_since: float = Field(ge=0, description="workers asked since (the hourly ceiling)")
     max_tasks: int = Field(
@@ -447,8 +447,11 @@ class PoolQuestion(_Wire):
     )
 
 
+MAX_OBSERVED_QUEUES = 1024  # distinct queues of one observe: a statistics query each
+
+
 class ObserveRequest(_Wire):
-    pools: list[PoolQuestion] = Field(max_length=1000)
+    pools: list[PoolQuestion] = Field(max_length=256)
     since: float = Field(ge=0, description="workers that ended are listed if started since")
     cursor: int | None = Field(
         default=None,
@@ -456,6 +459,13 @@ class ObserveRequest(_Wire):
         le=MAX_INT64,
         description="list only the workers changed since this (the previous reply's cursor)",
     )
+
+    @field_validator("pools")
+    @classmethod
+    def _few_queues(cls, pools: list[PoolQuestion]) -> list[PoolQuestion]:
+        if len({q for p in pools for q in p.queues}) > MAX_OBSERVED_QUEUES:
+            raise ValueError(f"more than {MAX_OBSERVED_QUEUES} distinct queues")
+        return pools
 
 
 class PoolObservation(_Wire):

@@ -150,6 +150,8 @@ CASES = [
     Case("duplicate-pool-names", "pools[1].name", more_pools=POOL.format(name="cpu", pool="",
          slurm="")),
     Case("pool-without-queues", "pools[0].queues", pool="queues = []"),
+    Case("pool-with-65-queues", "pools[0].queues",
+         pool="queues = [" + ", ".join(f"\"q{i}\"" for i in range(65)) + "]"),
     Case("tls-cert-without-key", "server.tls_key", server='tls_cert = "/etc/ssl/cert.pem"'),
     Case("token-file-0644", "server.token_file", prepare=_token(0o644),
          commands=(*BOTH, "manager")),
