@@ -36,6 +36,7 @@ from pydantic_settings import (
 )
 
 from hpcscale.errors import ConfigError
+from hpcscale.models import MAX_OBSERVED_QUEUES
 
 DEFAULT_CONFIG_PATH = Path("~/.config/hpcscale/config.toml")
 DEFAULT_DATABASE = "sqlite:///~/.local/share/hpcscale/state.db"
@@ -285,7 +286,7 @@ class SlurmConfig(_Strict):
 
 class WorkerConfig(_Strict):
     slots: int = Field(default=1, ge=1)
-    max_tasks: int = Field(default=0, ge=0)
+    max_tasks: int = Field(default=0, ge=0, le=2**31 - 1)
     max_time: Duration = 0.0
     max_empty_claims: int = Field(default=3, ge=1)
     empty_claim_sleep: Duration = 10.0
@@ -429,6 +430,14 @@ class Settings(BaseSettings):
                     f"{pool.name!r} is already the name of pools[{first[pool.name]}]",
                 )
             first[pool.name] = index
+        queues: set[str] = set()
+        for index, pool in enumerate(self.pools):
+            queues.update(pool.queues)
+            if len(queues) > MAX_OBSERVED_QUEUES:  # what a manager's cycle may ask the store
+                raise _keyed(
+                    f"pools[{index}].queues",
+                    f"the pools serve more than {MAX_OBSERVED_QUEUES} distinct queues",
+                )
         return self
 
     @classmethod

@@ -307,14 +307,16 @@ class ComputeManager:
         result = CycleResult({}, {}, {})
         self.cycle_started = time.monotonic()
         self.register()
+        asked = time.monotonic()
+        elements, unreadable = self._elements()
+        self.scheduler_seconds = time.monotonic() - asked
+        # After the scheduler: a worker that ends between the two reads is seen ended, not as
+        # live with its job gone (which would report it lost).
         view = self.observe()
         # Slurm would place new workers on a node denied claims again: new jobs exclude it.
         self.denied_hosts = view.denied_hosts
         pools = {p.name: p for p in view.pools}
         per_pool = {p.pool: p for p in view.per_pool}
-        asked = time.monotonic()
-        elements, unreadable = self._elements()
-        self.scheduler_seconds = time.monotonic() - asked
         for pool in self.settings.pools:
             try:
                 if pool.scheduler in unreadable:
@@ -350,10 +352,10 @@ class ComputeManager:
         since = max(0.0, now - HISTORY_WINDOW)
         ask = ObserveRequest(pools=questions, since=since, cursor=self.mirror.cursor)
         view = self.client.observe(self.name, ask)
-        if not self.mirror.apply(view.workers, view.cursor, now):
-            log.warning("the store's worker feed went back (another database?): reading all")
+        if not self.mirror.apply(view.workers, view.cursor, view.feed, now):
+            log.info("the store's worker feed is another (server restarted?): reading all")
             view = self.client.observe(self.name, ask.model_copy(update={"cursor": None}))
-            self.mirror.apply(view.workers, view.cursor, now)
+            self.mirror.apply(view.workers, view.cursor, view.feed, now)
         return view
 
     def _elements(self) -> tuple[list[ElementStatus], dict[str, str]]:
@@ -390,20 +392,18 @@ class ComputeManager:
         for worker_id in view.gone_workers:
             released = self.client.worker_gone(worker_id, "its job ended")
             log.info("pool %s: worker %s's job ended; requeued %s", pool.name, worker_id, released)
-        for element_id in view.failed_starts:
-            self._failed_start(pool, element_id)
+        recorded = sum(self._failed_start(pool, e) for e in view.failed_starts)
         if view.gone_workers:  # read them back as ended: a quick end counts this cycle
             self.mirror.update([self.client.worker(w) for w in view.gone_workers])
             workers = self.mirror.of_pool(pool.name)
-        for worker in workers:
-            self._quick_end(pool, worker)
+        recorded += sum(self._quick_end(pool, w) for w in workers)
         blocked = self._preflight(pool)
         history = observed.history
-        breaker = self._breaker(
-            history.failed_starts, self._last_healthy_registration(workers, history), now
-        )
+        # The history was read before this cycle recorded its failed starts: they count now.
+        failures = [*history.failed_starts, *[now] * recorded]
+        breaker = self._breaker(failures, self._last_healthy_registration(workers, history), now)
         alarm = crash_alarm(
-            history.failed_starts,
+            failures,
             now,
             self.settings.manager.breaker_window,
             self.settings.manager.breaker_failures,
@@ -555,9 +555,10 @@ class ComputeManager:
                 ),
             )
 
-    def _failed_start(self, pool: PoolConfig, element_id: str) -> None:
+    def _failed_start(self, pool: PoolConfig, element_id: str) -> bool:
+        """Record (once) and cancel an element that failed to start a worker; True if new."""
         if element_id in self.counted_failures:
-            return
+            return False
         self.counted_failures.add(element_id)
         log.warning("pool %s: element %s failed to start a worker", pool.name, element_id)
         self.client.add_event("pool.failed_start", f"{pool.name} {element_id}")
@@ -566,22 +567,24 @@ class ComputeManager:
                 self.schedulers[pool.name].cancel([element_id])
             except SchedulerError as exc:
                 log.warning("could not cancel %s: %s", element_id, exc)
+        return True
 
-    def _quick_end(self, pool: PoolConfig, worker: Worker) -> None:
+    def _quick_end(self, pool: PoolConfig, worker: Worker) -> bool:
         """A worker that registered, did no task and ended within crash_seconds for no planned
         reason (crashed, lost, error) counts as a failed start: registering is not enough to
-        be healthy. Recorded once (the event's id is its worker's)."""
+        be healthy. Recorded once (the event's id is its worker's); True if recorded now."""
         if worker.ended_at is None or worker.tasks_done or worker.id in self.counted_failures:
-            return
+            return False
         life = worker.ended_at - worker.started_at
         if life > self.settings.manager.crash_seconds or worker.end_reason in PLANNED_ENDS:
-            return
+            return False
         self.counted_failures.add(worker.id)
         log.warning(
             "pool %s: worker %s ended %.0fs after registering without a task (%s)",
             pool.name, worker.id, life, worker.end_reason or "no reason",
         )  # fmt: skip
         self.client.add_event("pool.failed_start", f"{pool.name} {worker.id}")
+        return True
 
     def _last_healthy_registration(
         self, workers: Sequence[Worker], history: PoolHistory

@@ -492,6 +492,7 @@ class CycleView(_Wire):
     per_pool: list[PoolObservation]
     workers: list[Worker]
     cursor: int = Field(description="send it back to get only the workers changed since")
+    feed: str = Field(description="what the cursor is valid in: when it changes, read them all")
 
 
 class WorkerGone(_Wire):

@@ -19,17 +19,19 @@ class WorkerMirror:
     def __init__(self, window: float) -> None:
         self.window = window  # ended workers are kept while started within it
         self.cursor: int | None = None  # None: the next read lists them all
+        self.feed: str | None = None  # what the cursor is valid in (CycleView.feed)
         self._by_id: dict[str, Worker] = {}
 
-    def apply(self, changed: Sequence[Worker], cursor: int, now: float) -> bool:
-        """Take a reply's changed rows and its cursor; False if they cannot be taken: a cursor
-        below the one sent means the store is not the one the copy came from (a database
-        restored or replaced), so the copy is dropped and the caller reads the full list."""
-        if self.cursor is not None and cursor < self.cursor:
+    def apply(self, changed: Sequence[Worker], cursor: int, feed: str, now: float) -> bool:
+        """Take a reply's changed rows and its cursor; False if they cannot be taken: another
+        feed, or a cursor below the one sent, means the store is not the one the copy came
+        from (restarted, restored, replaced), so the copy is dropped and the caller reads the
+        full list."""
+        if self.cursor is not None and (feed != self.feed or cursor < self.cursor):
             self.reset()
             return False
         self.update(changed)
-        self.cursor = cursor
+        self.cursor, self.feed = cursor, feed
         oldest = now - self.window
         for worker in [w for w in self._by_id.values() if w.state.value not in LIVE]:
             if worker.started_at < oldest:
@@ -42,7 +44,7 @@ class WorkerMirror:
             self._by_id[worker.id] = worker
 
     def reset(self) -> None:
-        self.cursor = None
+        self.cursor = self.feed = None
         self._by_id.clear()
 
     def of_pool(self, pool: str) -> list[Worker]:

@@ -152,6 +152,12 @@ CASES = [
     Case("pool-without-queues", "pools[0].queues", pool="queues = []"),
     Case("pool-with-65-queues", "pools[0].queues",
          pool="queues = [" + ", ".join(f"\"q{i}\"" for i in range(65)) + "]"),
+    Case("pools-with-1088-queues", "pools[16].queues",
+         top="pools = [" + ", ".join(
+             f'{{ name = "p{i}", queues = [' + ", ".join(f'"q{i}_{j}"' for j in range(64)) + "] }"
+             for i in range(17)) + "]"),
+    Case("max-tasks-over-int32", "pools[0].worker.max_tasks",
+         slurm='partition = "debug"\n[pools.worker]\nmax_tasks = 3000000000'),
     Case("tls-cert-without-key", "server.tls_key", server='tls_cert = "/etc/ssl/cert.pem"'),
     Case("token-file-0644", "server.token_file", prepare=_token(0o644),
          commands=(*BOTH, "manager")),

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from hpcscale.client import Client
 from hpcscale.config import from_mapping
+from hpcscale.errors import SchemaMismatch
 from hpcscale.manager import HISTORY_WINDOW, ComputeManager
 from hpcscale.models import (
     CycleView,
@@ -45,7 +46,7 @@ def observe(store: Store, mirror: WorkerMirror, max_tasks: int = 0) -> CycleView
         cursor=mirror.cursor,
     )  # fmt: skip
     view = store.observe("m", ask)
-    assert mirror.apply(view.workers, view.cursor, store.clock())
+    assert mirror.apply(view.workers, view.cursor, view.feed, store.clock())
     return view
 
 
@@ -215,3 +216,19 @@ def test_a_replaced_database_is_read_in_full(store_url: str, tmp_path: Path) -> 
         mgr.client = Client(second.url, second.tokens[Role.MANAGER])
         mgr.observe()
         assert [w.id for w in mgr.mirror.of_pool(POOL)] == [only]
+
+
+def test_a_feed_is_one_database_however_many_servers(make_store: Callable[..., Store]) -> None:
+    """Two API servers on one PostgreSQL database give the same feed (a manager may talk to
+    either); two openings of one SQLite file (a server restarted) give two, so the manager
+    reads all again rather than trust a cursor across them."""
+    one, two = make_store(), make_store()
+    mirror = WorkerMirror(window=HISTORY_WINDOW)
+    feeds = {observe(one, mirror).feed, observe(two, WorkerMirror(window=HISTORY_WINDOW)).feed}
+    assert len(feeds) == (2 if one.is_sqlite else 1)
+
+
+def test_postgresql_older_than_13_is_refused_by_name() -> None:
+    schema.check_postgres(130000)
+    with pytest.raises(SchemaMismatch, match=r"PostgreSQL 12\.15 is too old: .*13 or newer"):
+        schema.check_postgres(120015)

@@ -264,7 +264,8 @@ class ManagerRecords:
                 conn,
                 # Every row names every column: an executemany insert takes its columns from
                 # the first row, so a key missing there is dropped from all the others (the
-                # task events below lost their task_id that way).
+                # task events below lost their task_id that way). A worker that had ended on
+                # its own before the manager saw its job end was not lost.
                 [
                     {
                         "ts": now,
@@ -273,6 +274,7 @@ class ManagerRecords:
                         "worker_id": worker_id,
                         "detail": reason,
                     }
+                    for _ in range(1 if row.state in LIVE else 0)
                 ]
                 + [
                     {

@@ -68,6 +68,7 @@ class Observe:
     """Mixed into Store; uses its reads, which nest into the one transaction opened here."""
 
     is_sqlite: bool
+    opened: str  # a new id each time the store is opened
 
     def _read(self, snapshot: bool = False) -> AbstractContextManager[Connection]:
         raise NotImplementedError
@@ -109,6 +110,7 @@ class Observe:
         queues = sorted({q for p in ask.pools for q in p.queues})
         with self._read(snapshot=True) as conn:
             cursor = self._worker_cursor(conn)  # first: what commits after it comes next time
+            feed = self._feed(conn)
             if ask.cursor is None:
                 changed = [w for p in ask.pools for w in self.list_workers(p.pool, since=ask.since)]
             else:
@@ -122,6 +124,7 @@ class Observe:
                 per_pool=[self._pool_observation(conn, p) for p in ask.pools],
                 workers=changed,
                 cursor=cursor,
+                feed=feed,
             )
 
     def _worker_cursor(self, conn: Connection) -> int:
@@ -130,6 +133,22 @@ class Observe:
         else:
             query = text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
         return int(conn.execute(query).scalar_one())
+
+    def _feed(self, conn: Connection) -> str:
+        """What a cursor is valid in. SQLite: this store's opening (one server process owns the
+        file: a file put in its place needs a restart). PostgreSQL: the database, its workers
+        table and the server's start, so that a database restored under a running API server,
+        or several API servers on one database, are told apart or alike correctly."""
+        if self.is_sqlite:
+            return f"sqlite:{self.opened}"
+        row = conn.execute(
+            text(
+                "SELECT d.oid, 'workers'::regclass::oid, "
+                "extract(epoch FROM pg_postmaster_start_time()) "
+                "FROM pg_database d WHERE d.datname = current_database()"
+            )
+        ).one()
+        return f"postgresql:{row[0]}.{row[1]}.{row[2]}"
 
     def _changed_workers(self, conn: Connection, pools: list[str], cursor: int) -> list[Worker]:
         """Down ix_workers_rev: only the rows changed since `cursor`, whatever the pools' size."""

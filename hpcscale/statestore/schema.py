@@ -29,6 +29,8 @@ from sqlalchemy import (
     text,
 )
 
+from hpcscale.errors import SchemaMismatch
+
 SCHEMA_VERSION = 3
 log = logging.getLogger("hpcscale.statestore")
 
@@ -383,6 +385,18 @@ END $$""",
     f"CREATE TRIGGER workers_rev BEFORE INSERT OR UPDATE OF {_WORKER_REV_COLUMNS} ON workers "
     "FOR EACH ROW EXECUTE FUNCTION hpcscale_worker_rev()",
 )
+
+
+MIN_POSTGRES = 130000  # pg_current_xact_id() (workers.rev), as server_version_num
+
+
+def check_postgres(version_num: int) -> None:
+    """Refuse a PostgreSQL too old for the triggers here before anything is written: PL/pgSQL
+    resolves the functions a trigger calls only when it runs, so an old server would take the
+    schema and then fail every worker registration."""
+    if version_num < MIN_POSTGRES:
+        found = f"{version_num // 10000}.{version_num % 10000}"
+        raise SchemaMismatch(f"PostgreSQL {found} is too old: hpcscale needs 13 or newer")
 
 
 def install_worker_revs(conn: Connection) -> None:

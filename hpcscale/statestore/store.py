@@ -144,9 +144,9 @@ class _Sql:
             "UPDATE workers SET last_heartbeat = :now "
             "WHERE id = :wid AND state IN ('active', 'draining')"
         )
-        self.revive_worker = self._(
-            "UPDATE workers SET last_heartbeat = :now, state = 'active' "
-            "WHERE id = :wid AND state = 'lost'"
+        self.revive_worker = self._(  # as heartbeat() revives: no end any more
+            "UPDATE workers SET last_heartbeat = :now, state = 'active', ended_at = NULL, "
+            "end_reason = NULL WHERE id = :wid AND state = 'lost'"
         )
         self.worker_state = self._("SELECT state FROM workers WHERE id = :wid")
         self.worker_host = self._("SELECT host FROM workers WHERE id = :wid")
@@ -293,6 +293,7 @@ class Store(ManagerRecords, HostRecords, Observe):
         self._checkpointer: _Checkpointer | None = None
         self._group: tuple[int, _Cursor] | None = None  # (thread, cursor) inside together()
         self._reading = threading.local()  # .conn: this thread's open read transaction
+        self.opened = uuid.uuid4().hex  # names the worker feed's cursors (observe.py)
         self._create_or_check_schema()
 
     # ----------------------------------------------------------------- plumbing
@@ -480,6 +481,10 @@ class Store(ManagerRecords, HostRecords, Observe):
 
     def _create_or_check_schema(self) -> None:
         with self._write() as conn:
+            if not self.is_sqlite:  # before anything is written: PL/pgSQL checks calls late
+                schema.check_postgres(
+                    int(conn.exec_driver_sql("SHOW server_version_num").scalar_one())
+                )
             schema.metadata.create_all(conn, checkfirst=True)
             row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
             schema.fold_counters(conn)
