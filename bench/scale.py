@@ -106,6 +106,7 @@ POOLS = (
 )
 ARRAY = 20  # elements per submission in the fill: the default max_submit_per_cycle
 CLAIMS_PER_CYCLE = 1_000  # 10^4 workers, tasks of 300 s (the pools' prior), a 30 s interval
+MAX_TASKS = 50  # a worker's; the fill's have done 0-39 tasks, so the store lists the few at it
 ENDS_PER_CYCLE = 10  # and jobs of 8 h: 10^4 * 30 / 28,800 end and are replaced per interval
 WALL = 86400.0  # the pools' wall time: no worker of the fill is leaving soon
 DAY = 86400.0
@@ -600,8 +601,8 @@ class StoreClient:
     def pool_history(self, pool: str, since: float) -> PoolHistory:
         return self.t.run("pool_history", self.store.pool_history, pool, since)
 
-    def record_decision(self, record: DecisionRecord) -> None:
-        self.t.run("record_decision", self.store.record_decision, record)
+    def record_decisions(self, records: Sequence[DecisionRecord]) -> None:
+        self.t.run("record_decisions", self.store.record_decisions, records)
 
     def add_event(self, kind: str, detail: str | None = None) -> None:
         self.t.run("add_event", self.store.add_event, kind, detail)
@@ -727,6 +728,7 @@ def scale_settings(fill: Fill, workdir: Path, url: str = "http://127.0.0.1:1") -
                     "max_workers": per_pool[name],
                     "max_pending": 100,
                     "task_duration_prior": "300s",
+                    "worker": {"max_tasks": MAX_TASKS},
                     "slurm": {"partition": "batch", "time": "1-00:00:00"},
                 }
                 for name, queues, _ in POOLS
@@ -843,6 +845,8 @@ def explain(store: Store, stmt: str, params: Any) -> tuple[str, float | None]:
     head = stmt.lstrip().split(None, 1)[0].upper()
     if head in ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE", "ROLLBACK"):
         return "", None
+    if isinstance(params, list | tuple) and params and isinstance(params[0], dict | list | tuple):
+        params = params[0]  # an executemany (a batch of inserts): the plan of one row
     raw = store.engine.raw_connection()
     try:
         cur = raw.cursor()
@@ -1647,16 +1651,21 @@ def section(
         "not ~24 requests and transactions, each with its own connection checkout, BEGIN and "
         "COMMIT. What remains per cycle: the manager's registration and a decision record per "
         "pool (writes), and the rare event or submission update.",
-        "- The workers as a change feed (schema version 3): a worker's row gets a new "
-        "`workers.rev` when it registers or its state, end or deadline changes (triggers); the "
-        "manager keeps the rows (`hpcscale/worker_mirror.py`) and asks for `rev >= cursor` down "
-        "`ix_workers_rev`. Heartbeats, claims and results do not touch `rev`, so 10^4 busy "
-        "workers send nothing again; busy workers and those at max_tasks come per pool as a "
-        "count and a short list. On SQLite, writers commit one at a time, so max(rev) + 1 "
-        "numbers the changes in commit order; on PostgreSQL the rev is the writer's "
-        "transaction id and the cursor the reader's snapshot xmin, so a change committed after "
-        "a later one is still read (tests/test_worker_feed.py holds one open to check). Before "
-        "this, listing the 10^4 workers cost 95-105 ms a cycle by itself.",
+        "- The workers and open submissions as change feeds (schema version 3): a row gets a "
+        "new `rev` when it is inserted or a column the manager follows changes (a worker's "
+        "state, end or deadline; a submission's state, jobs or count), by triggers; the manager "
+        "keeps the rows (`hpcscale/mirror.py`) and asks for `rev >= cursor` down "
+        "`ix_workers_rev` and `ix_submissions_rev`. Heartbeats, claims and results do not touch "
+        "`rev`, so 10^4 busy workers send nothing again; the workers at max_tasks come per pool "
+        "as a short list (`ix_workers_pool_tasks_started`, an index on tasks done + busy slots). "
+        "On SQLite, writers commit one at a time, so the largest rev + 1 numbers the changes in "
+        "commit order; on PostgreSQL the rev is the writer's transaction id and the cursor the "
+        "reader's snapshot xmin, so a change committed after a later one is still read "
+        "(tests/test_worker_feed.py holds one open to check). Before this, listing the 10^4 "
+        "workers cost 95-105 ms a cycle by itself, and the 500 open arrays 5-8 ms.",
+        "- The per-pool and per-queue reads (history, submissions of the hour, workers at "
+        "max_tasks, recent run times) are one statement each for all pools or queues (UNION ALL "
+        "of one index range each), not one a pool or queue.",
         "",
         "What makes the reads in `observe` small (schema version 2; an older database is "
         "upgraded when the store opens):",

@@ -30,6 +30,7 @@ from hpcscale.models import (
     ClaimedTask,
     ClaimRequest,
     CycleView,
+    DecisionBatch,
     DecisionRecord,
     DeregisterRequest,
     Event,
@@ -377,8 +378,8 @@ class Client:
     def pool_history(self, pool: str, since: float) -> PoolHistory:
         return self._get(f"/v1/pools/{pool}/history", PoolHistory, since=since)
 
-    def record_decision(self, record: DecisionRecord) -> None:
-        self._request("POST", "/v1/decisions", body=record)
+    def record_decisions(self, records: Sequence[DecisionRecord]) -> None:
+        self._request("POST", "/v1/decisions/batch", body=DecisionBatch(records=list(records)))
 
     def decisions(self, pool: str, limit: int = 10) -> list[DecisionRecord]:
         raw = self._request("GET", "/v1/decisions", params={"pool": pool, "limit": limit})

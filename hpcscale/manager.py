@@ -3,8 +3,8 @@
 It keeps no state of its own (invariant 5). Every cycle it reads the picture from the store in
 one request and one snapshot (backlog, workers, its open submissions, controls, history: a
 `CycleView`) and from ONE scheduler query per kind of scheduler (all pools at once), so a
-restarted manager knows exactly what is in flight. Its workers come as changes to a copy it
-holds (worker_mirror.py), which a restart rebuilds with one full read.
+restarted manager knows exactly what is in flight. Its workers and open submissions come as
+changes to a copy it holds (mirror.py), which a restart rebuilds with one full read.
 Submissions are recorded as intents before `sbatch` and reconciled by tag afterwards: an sbatch
 that timed out but created the job is found, not submitted twice (invariant 3).
 
@@ -51,6 +51,7 @@ from hpcscale.errors import (
     TransientSchedulerError,
 )
 from hpcscale.jobscript import render
+from hpcscale.mirror import Mirror
 from hpcscale.models import (
     Backlog,
     Control,
@@ -92,7 +93,6 @@ from hpcscale.schedulers import (
 )
 from hpcscale.tokens import write_secret
 from hpcscale.windows import active_window, pool_windows
-from hpcscale.worker_mirror import WorkerMirror
 
 log = logging.getLogger("hpcscale.manager")
 
@@ -113,8 +113,6 @@ class PoolView:
     starting: list[ElementStatus] = field(default_factory=list)
     running: list[ElementStatus] = field(default_factory=list)
     registered: list[Worker] = field(default_factory=list)
-    idle: int = 0
-    busy: int = 0
     leaving_soon: int = 0
     failed_starts: list[str] = field(default_factory=list)
     gone_workers: list[str] = field(default_factory=list)
@@ -154,7 +152,8 @@ class ComputeManager:
         self.stop = threading.Event()
         self.last: dict[str, Decision] = {}
         self._registered = False
-        self.mirror = WorkerMirror(window=HISTORY_WINDOW)
+        self.mirror = Mirror(window=HISTORY_WINDOW)
+        self.records: list[DecisionRecord] = []  # this cycle's, sent together at its end
         self.cycle_started = time.monotonic()
         self.scheduler_seconds = 0.0
         # pool -> (when the next pre-flight is due, the scheduler's refusal or None)
@@ -211,8 +210,8 @@ class ComputeManager:
         observed: PoolObservation,
     ) -> PoolView:
         """Join the pool's submissions, their elements' states and the registered workers.
-        The workers' busy slots and tasks started are the store's of this cycle (`observed`):
-        the copies in `workers` follow only their state."""
+        Which workers reached max_tasks is the store's of this cycle (`observed.spent`): the
+        copies in `workers` follow only their state."""
         now = self.clock()
         view = PoolView()
         by_tag: dict[str, list[ElementStatus]] = {}
@@ -255,9 +254,6 @@ class ComputeManager:
                     if now - first > self.settings.manager.start_grace:
                         view.failed_starts.append(element.element_id)
                     view.starting.append(element)
-        # Busy as of the workers' last heartbeats, counted among those registered here.
-        view.busy = min(observed.busy, len(view.registered))
-        view.idle = len(view.registered) - view.busy
         return view
 
     def create_compute_service(self, pool: PoolConfig, count: int) -> Submission | None:
@@ -317,27 +313,31 @@ class ComputeManager:
         self.denied_hosts = view.denied_hosts
         pools = {p.name: p for p in view.pools}
         per_pool = {p.pool: p for p in view.per_pool}
-        for pool in self.settings.pools:
-            try:
-                if pool.scheduler in unreadable:
-                    raise SchedulerError(unreadable[pool.scheduler])
-                decision = self._cycle_pool(
-                    pool,
-                    view,
-                    per_pool[pool.name],
-                    [e for e in elements if e.pool == pool.name],
-                    pools.get(pool.name),
-                )
-                result.decisions[pool.name] = decision
-                result.submitted[pool.name] = decision.submit
-            except HpcscaleError as exc:
-                log.warning("pool %s: cycle failed: %s", pool.name, exc)
-                result.errors[pool.name] = str(exc)
-                self._record(pool, None, {}, [f"cycle failed, submitting nothing: {exc}"])
+        try:
+            for pool in self.settings.pools:
+                try:
+                    if pool.scheduler in unreadable:
+                        raise SchedulerError(unreadable[pool.scheduler])
+                    decision = self._cycle_pool(
+                        pool,
+                        view,
+                        per_pool[pool.name],
+                        [e for e in elements if e.pool == pool.name],
+                        pools.get(pool.name),
+                    )
+                    result.decisions[pool.name] = decision
+                    result.submitted[pool.name] = decision.submit
+                except HpcscaleError as exc:
+                    log.warning("pool %s: cycle failed: %s", pool.name, exc)
+                    result.errors[pool.name] = str(exc)
+                    self._record(pool, None, {}, [f"cycle failed, submitting nothing: {exc}"])
+        finally:
+            self._flush_records()
         return result
 
     def observe(self) -> CycleView:
-        """The cycle's reads; the workers changed since the last cycle go into the mirror."""
+        """The cycle's reads; the workers and submissions changed since the last cycle go into
+        the mirror."""
         now = self.clock()
         questions = [
             PoolQuestion(
@@ -352,10 +352,10 @@ class ComputeManager:
         since = max(0.0, now - HISTORY_WINDOW)
         ask = ObserveRequest(pools=questions, since=since, cursor=self.mirror.cursor)
         view = self.client.observe(self.name, ask)
-        if not self.mirror.apply(view.workers, view.cursor, view.feed, now):
-            log.info("the store's worker feed is another (server restarted?): reading all")
+        if not self.mirror.apply(view, now):
+            log.info("the store's feed is another (server restarted?): reading all")
             view = self.client.observe(self.name, ask.model_copy(update={"cursor": None}))
-            self.mirror.apply(view.workers, view.cursor, view.feed, now)
+            self.mirror.apply(view, now)
         return view
 
     def _elements(self) -> tuple[list[ElementStatus], dict[str, str]]:
@@ -384,8 +384,8 @@ class ComputeManager:
         now = self.clock()
         claimable = self.request_claimable(pool, cycle.backlog)
         est = self._duration(pool, cycle.backlog, cycle.queue_stats)
-        workers = self.mirror.of_pool(pool.name)
-        submissions = [s for s in cycle.submissions if s.pool == pool.name]
+        workers = self.mirror.workers_of(pool.name)
+        submissions = self.mirror.open_submissions(pool.name)
         view = self.check_managed_compute_services(
             pool, elements, submissions, workers, est, observed
         )
@@ -395,7 +395,7 @@ class ComputeManager:
         recorded = sum(self._failed_start(pool, e) for e in view.failed_starts)
         if view.gone_workers:  # read them back as ended: a quick end counts this cycle
             self.mirror.update([self.client.worker(w) for w in view.gone_workers])
-            workers = self.mirror.of_pool(pool.name)
+            workers = self.mirror.workers_of(pool.name)
         recorded += sum(self._quick_end(pool, w) for w in workers)
         blocked = self._preflight(pool)
         history = observed.history
@@ -448,8 +448,6 @@ class ComputeManager:
             list(decision.reasons),
             extra={
                 "queue_wait": wait,
-                "idle": view.idle,
-                "busy": view.busy,
                 "cap": effective_bounds(rules, obs)[1],
                 "submitted_last_hour": submitted,
                 "max_submit_per_hour": pool.submit_ceiling,
@@ -722,12 +720,16 @@ class ComputeManager:
         if self.dry_run:
             self.out(f"pool {pool.name}: " + "; ".join(reasons))
             return
-        try:
-            self.client.record_decision(
-                DecisionRecord(manager=self.name, pool=pool.name, data=data)
-            )
-        except HpcscaleError as exc:
-            log.warning("could not record the decision: %s", exc)
+        self.records.append(DecisionRecord(manager=self.name, pool=pool.name, data=data))
+
+    def _flush_records(self) -> None:
+        """The cycle's decisions in one request, after every pool has acted."""
+        records, self.records = self.records, []
+        if records:
+            try:
+                self.client.record_decisions(records)
+            except HpcscaleError as exc:
+                log.warning("could not record the decisions: %s", exc)
 
     # ------------------------------------------------------------------ the loop
 

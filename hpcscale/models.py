@@ -427,6 +427,12 @@ class DecisionRecord(_Wire):
         raise ValueError(f"nested deeper than the limit of {MAX_DATA_DEPTH} levels")
 
 
+class DecisionBatch(_Wire):
+    """A cycle's decisions, one a pool, recorded in one request and transaction."""
+
+    records: list[DecisionRecord] = Field(min_length=1, max_length=256)
+
+
 class PoolHistory(_Wire):
     """What the manager measures over time for one pool, rebuilt from the store each cycle."""
 
@@ -472,21 +478,23 @@ class PoolObservation(_Wire):
     pool: str
     history: PoolHistory
     submitted: int = Field(description="workers asked since submitted_since, refused ones not")
-    busy: int = Field(description="live workers whose last heartbeat had a task running")
     spent: list[str] = Field(description="live workers that started max_tasks tasks")
 
 
 class CycleView(_Wire):
     """All a manager's cycle reads, in one request and one read transaction of the store.
 
-    `workers` is a change feed: a worker's row comes again when it registers or its state, end
-    or deadline changes, not at heartbeats, claims or results; its tasks_done and busy_slots are
-    as of that change (final once it has ended). What moves with every task comes per pool
-    (`busy`, `spent`) instead."""
+    `workers` and `submissions` are change feeds: a worker's row comes again when it registers
+    or its state, end or deadline changes, not at heartbeats, claims or results; its
+    tasks_done and busy_slots are as of that change (final once it has ended). The workers at
+    max_tasks come per pool (`spent`) instead."""
 
     backlog: list[Backlog]
     denied_hosts: list[str]
-    submissions: list[Submission] = Field(description="the manager's open submissions")
+    submissions: list[Submission] = Field(
+        description="the manager's open submissions; with a cursor, its submissions changed "
+        "since (ended and failed ones too: they are no longer open)"
+    )
     pools: list[PoolInfo]
     queue_stats: list[QueueStats]
     per_pool: list[PoolObservation]

@@ -49,6 +49,7 @@ from hpcscale.models import (
     ClaimedTask,
     ClaimRequest,
     CycleView,
+    DecisionBatch,
     DecisionRecord,
     DeregisterRequest,
     Event,
@@ -839,6 +840,11 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     @app.post("/v1/decisions", tags=["manager"], status_code=201, responses=AUTH_ERRORS)
     def record_decision(body: DecisionRecord, _who: Manager) -> dict[str, str]:
         store.record_decision(body)
+        return {"status": "recorded"}
+
+    @app.post("/v1/decisions/batch", tags=["manager"], status_code=201, responses=AUTH_ERRORS)
+    def record_decisions(body: DecisionBatch, _who: Manager) -> dict[str, str]:
+        store.record_decisions(body.records)
         return {"status": "recorded"}
 
     @app.get("/v1/decisions", tags=["manager"], responses=AUTH_ERRORS)

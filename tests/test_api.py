@@ -48,6 +48,7 @@ ALLOWED: dict[tuple[str, str], set[Role]] = {
     ("POST", "/v1/workers/{worker_id}/gone"): {A, M},
     ("GET", "/v1/pools/{pool}/history"): {A, M},
     ("POST", "/v1/decisions"): {A, M},
+    ("POST", "/v1/decisions/batch"): {A, M},
     ("GET", "/v1/decisions"): {A, S, M},
     ("POST", "/v1/events"): {A, M},
     ("POST", "/v1/tokens"): {A},

@@ -1,7 +1,7 @@
-"""The manager's copy of its workers (worker_mirror.py), kept from the store's change feed
-(Store.observe), against the store's own full list, on both backends: after every kind of change
-a worker goes through, with commits out of order (PostgreSQL), across an upgrade from schema 2,
-and when the database behind the server is replaced."""
+"""The manager's copy of its workers and open submissions (mirror.py), kept from the store's
+change feeds (Store.observe), against the store's own full lists, on both backends: after every
+kind of change a worker or submission goes through, with commits out of order (PostgreSQL),
+across an upgrade from schema 2, and when the database behind the server is replaced."""
 
 from __future__ import annotations
 
@@ -18,12 +18,16 @@ from hpcscale.client import Client
 from hpcscale.config import from_mapping
 from hpcscale.errors import SchemaMismatch
 from hpcscale.manager import HISTORY_WINDOW, ComputeManager
+from hpcscale.mirror import Mirror
 from hpcscale.models import (
     CycleView,
     Lease,
     ObserveRequest,
     PoolQuestion,
     Role,
+    SubmissionIntent,
+    SubmissionState,
+    SubmissionUpdate,
     TaskResult,
     TaskSpec,
     Worker,
@@ -31,14 +35,13 @@ from hpcscale.models import (
 )
 from hpcscale.statestore import Store, schema
 from hpcscale.statestore.schema import meta
-from hpcscale.worker_mirror import WorkerMirror
 from tests.conftest import FakeClock, threaded_server
 
 POOL = "p"
 SINCE = 0.0  # every worker of the test is within the look-back
 
 
-def observe(store: Store, mirror: WorkerMirror, max_tasks: int = 0) -> CycleView:
+def observe(store: Store, mirror: Mirror, max_tasks: int = 0) -> CycleView:
     ask = ObserveRequest(
         pools=[PoolQuestion(pool=POOL, queues=["a"], history_since=0, submitted_since=0,
                             max_tasks=max_tasks)],
@@ -46,7 +49,7 @@ def observe(store: Store, mirror: WorkerMirror, max_tasks: int = 0) -> CycleView
         cursor=mirror.cursor,
     )  # fmt: skip
     view = store.observe("m", ask)
-    assert mirror.apply(view.workers, view.cursor, view.feed, store.clock())
+    assert mirror.apply(view, store.clock())
     return view
 
 
@@ -60,22 +63,28 @@ def followed(worker: Worker) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def assert_mirrors(store: Store, mirror: WorkerMirror) -> None:
+def assert_mirrors(store: Store, mirror: Mirror) -> None:
     truth = store.list_workers(POOL, since=SINCE)
-    assert [followed(w) for w in mirror.of_pool(POOL)] == [followed(w) for w in truth]
+    assert [followed(w) for w in mirror.workers_of(POOL)] == [followed(w) for w in truth]
+    subs = store.list_submissions(manager="m", open_only=True)
+    assert [s.model_dump(exclude={"detail", "updated_at"})
+            for s in mirror.open_submissions(POOL)] == [
+        s.model_dump(exclude={"detail", "updated_at"}) for s in subs]  # fmt: skip
 
 
 def test_the_copy_follows_every_change_and_only_changes(store: Store, clock: FakeClock) -> None:
     rng = random.Random(7)
-    mirror = WorkerMirror(window=HISTORY_WINDOW)
+    mirror = Mirror(window=HISTORY_WINDOW)
     observe(store, mirror)
     live: list[str] = []
     held: dict[str, list[Lease]] = {}
     index = 0
     for step in range(300):
         op = rng.choice(["register", "submit", "claim", "result", "heartbeat", "deregister",
-                         "gone", "silent"])  # fmt: skip
-        changes_state = op in ("register", "deregister", "gone", "silent")
+                         "gone", "silent", "intent", "confirm", "end", "note"])  # fmt: skip
+        changes_state = op in ("register", "deregister", "gone", "silent", "intent", "confirm",
+                               "end")  # fmt: skip
+        tags = [s.tag for s in store.list_submissions(manager="m", open_only=True)]
         if op == "register" or not live:
             index += 1
             reg = WorkerRegistration(pool=POOL, queues=["a"], job_id="77", array_index=index,
@@ -100,29 +109,47 @@ def test_the_copy_follows_every_change_and_only_changes(store: Store, clock: Fak
             store.deregister(live.pop(rng.randrange(len(live))), "idle")
         elif op == "gone":
             store.worker_gone(live.pop(rng.randrange(len(live))), "its job ended")
-        else:  # every worker goes silent past the lease TTL: the reaper marks them lost
+        elif op == "silent":  # every worker goes silent past the TTL: the reaper marks them lost
             clock.advance(store.lease_ttl + 1)
             store.expire()
             live.clear()
+        elif op == "intent" or not tags:
+            intent = SubmissionIntent(tag=f"t{step}", manager="m", pool=POOL, count=2)
+            store.record_intent(intent)
+            changes_state = True
+        elif op == "confirm":
+            confirmed = SubmissionUpdate(state=SubmissionState.CONFIRMED, job_ids=[str(step)])
+            store.update_submission(rng.choice(tags), confirmed)
+        elif op == "end":
+            state = rng.choice([SubmissionState.ENDED, SubmissionState.FAILED])
+            store.update_submission(rng.choice(tags), SubmissionUpdate(state=state))
+        else:  # a detail alone: not followed, the manager does not read it
+            tag = rng.choice(tags)
+            sub = store.get_submission(tag)
+            store.update_submission(tag, SubmissionUpdate(state=sub.state, detail="a note"))
         clock.advance(rng.uniform(0, 3))
         view = observe(store, mirror)
-        if not changes_state:  # heartbeats, claims and results send nothing again
-            assert view.workers == [], (step, op)
+        if not changes_state:  # heartbeats, claims, results, notes send nothing again
+            assert (view.workers, view.submissions) == ([], []), (step, op)
         assert_mirrors(store, mirror)
-    assert len(mirror.of_pool(POOL)) > 20
+    assert len(mirror.workers_of(POOL)) > 20
 
 
-def test_busy_and_spent_are_the_stores_of_this_cycle(store: Store, clock: FakeClock) -> None:
-    mirror = WorkerMirror(window=HISTORY_WINDOW)
+def test_the_workers_at_max_tasks_are_the_stores_of_this_cycle(
+    store: Store, clock: FakeClock
+) -> None:
+    """Tasks started (done + running) move with every claim and result, which the feed leaves
+    out: the workers that reached max_tasks come fresh every cycle instead."""
+    mirror = Mirror(window=HISTORY_WINDOW)
     store.submit([TaskSpec(command=["true"], queue="a")] * 5)
-    ids = [store.register_worker(WorkerRegistration(pool=POOL, queues=["a"])).id for _ in "xyz"]
-    first = store.claim(ids[0], ["a"], 2, 2)
-    store.results(ids[0], [TaskResult(task_id=t.id, fence=t.fence, success=True) for t in first])
-    store.claim(ids[1], ["a"], 1, 1)
-    store.heartbeat(ids[1], [], busy_slots=1)
-    [pool] = observe(store, mirror, max_tasks=2).per_pool
-    assert (pool.busy, pool.spent) == (1, [ids[0]])  # x started 2 tasks, y runs one
-    assert observe(store, mirror, max_tasks=0).per_pool[0].spent == []
+    x, y, _ = [store.register_worker(WorkerRegistration(pool=POOL, queues=["a"])).id for _ in "xyz"]
+    first = store.claim(x, ["a"], 2, 2)
+    store.results(x, [TaskResult(task_id=t.id, fence=t.fence, success=True) for t in first])
+    store.claim(y, ["a"], 1, 1)
+    store.heartbeat(y, [], busy_slots=1)
+    assert observe(store, mirror, max_tasks=2).per_pool[0].spent == [x]  # 2 done
+    assert sorted(observe(store, mirror, max_tasks=1).per_pool[0].spent) == sorted([x, y])
+    assert observe(store, mirror, max_tasks=0).per_pool[0].spent == []  # no limit
 
 
 @pytest.mark.postgres
@@ -134,7 +161,7 @@ def test_a_change_committed_after_a_later_one_is_not_skipped(store_url: str) -> 
         return  # SQLite has one writer at a time: commit order is rev order (the test above)
     store = Store(store_url)
     try:
-        mirror = WorkerMirror(window=HISTORY_WINDOW)
+        mirror = Mirror(window=HISTORY_WINDOW)
         early = store.register_worker(WorkerRegistration(pool=POOL, queues=["a"])).id
         observe(store, mirror)
         with psycopg.connect(store_url) as slow:  # begins; holds the change uncommitted
@@ -145,28 +172,31 @@ def test_a_change_committed_after_a_later_one_is_not_skipped(store_url: str) -> 
             )
             late = store.register_worker(WorkerRegistration(pool=POOL, queues=["a"])).id
             observe(store, mirror)
-            assert {w.id: w.state.value for w in mirror.of_pool(POOL)} == {
+            assert {w.id: w.state.value for w in mirror.workers_of(POOL)} == {
                 early: "active",
                 late: "active",
             }
             slow.commit()
         observe(store, mirror)
         assert_mirrors(store, mirror)
-        assert {w.id: w.state.value for w in mirror.of_pool(POOL)}[early] == "ended"
+        assert {w.id: w.state.value for w in mirror.workers_of(POOL)}[early] == "ended"
     finally:
         store.close()
 
 
 def back_to_schema_2(store: Store) -> None:
-    """Drop what schema 3 added: workers.rev, its index and its triggers."""
+    """Drop what schema 3 added: the revs, their indexes and triggers, the max_tasks index."""
     dialect = store.engine.dialect.name
     with store.engine.begin() as conn:
-        for trigger in schema.WORKER_REV_TRIGGERS[dialect]:
+        for trigger in schema.REV_TRIGGERS:
+            table = trigger.split("_rev")[0]
             conn.exec_driver_sql(
-                f"DROP TRIGGER {trigger}" + (" ON workers" if dialect == "postgresql" else "")
+                f"DROP TRIGGER {trigger}" + (f" ON {table}" if dialect == "postgresql" else "")
             )
-        conn.exec_driver_sql("DROP INDEX ix_workers_rev")
-        conn.exec_driver_sql("ALTER TABLE workers DROP COLUMN rev")
+        for index in ("ix_workers_rev", "ix_submissions_rev", "ix_workers_pool_tasks_started"):
+            conn.exec_driver_sql(f"DROP INDEX {index}")
+        for table in schema.FOLLOWED:
+            conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN rev")
         conn.execute(meta.update().where(meta.c.key == "schema_version").values(value="2"))
 
 
@@ -185,9 +215,9 @@ def test_upgrade_from_schema_2_feeds_changes(make_store: Callable[..., Store]) -
     with upgraded.engine.connect() as conn:
         version = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version"))
         assert version.scalar() == str(schema.SCHEMA_VERSION)
-    mirror = WorkerMirror(window=HISTORY_WINDOW)
+    mirror = Mirror(window=HISTORY_WINDOW)
     observe(upgraded, mirror)
-    assert len(mirror.of_pool(POOL)) == 2
+    assert len(mirror.workers_of(POOL)) == 2
     upgraded.deregister(kept, "idle")
     upgraded.register_worker(WorkerRegistration(pool=POOL, queues=["a"]))
     assert len(observe(upgraded, mirror).workers) == 2  # the feed works on the old rows too
@@ -209,13 +239,13 @@ def test_a_replaced_database_is_read_in_full(store_url: str, tmp_path: Path) -> 
             first.store.register_worker(WorkerRegistration(pool=POOL, queues=["a"]))
         mgr = ComputeManager(settings, Client(first.url, first.tokens[Role.MANAGER]))
         mgr.observe()
-        assert len(mgr.mirror.of_pool(POOL)) == 5
+        assert len(mgr.mirror.workers_of(POOL)) == 5
     other = f"sqlite:///{tmp_path}/other.db"
     with threaded_server(other) as second:
         only = second.store.register_worker(WorkerRegistration(pool=POOL, queues=["a"])).id
         mgr.client = Client(second.url, second.tokens[Role.MANAGER])
         mgr.observe()
-        assert [w.id for w in mgr.mirror.of_pool(POOL)] == [only]
+        assert [w.id for w in mgr.mirror.workers_of(POOL)] == [only]
 
 
 def test_a_feed_is_one_database_however_many_servers(make_store: Callable[..., Store]) -> None:
@@ -223,8 +253,8 @@ def test_a_feed_is_one_database_however_many_servers(make_store: Callable[..., S
     either); two openings of one SQLite file (a server restarted) give two, so the manager
     reads all again rather than trust a cursor across them."""
     one, two = make_store(), make_store()
-    mirror = WorkerMirror(window=HISTORY_WINDOW)
-    feeds = {observe(one, mirror).feed, observe(two, WorkerMirror(window=HISTORY_WINDOW)).feed}
+    mirror = Mirror(window=HISTORY_WINDOW)
+    feeds = {observe(one, mirror).feed, observe(two, Mirror(window=HISTORY_WINDOW)).feed}
     assert len(feeds) == (2 if one.is_sqlite else 1)
 
 

@@ -8,11 +8,11 @@ finds the tag on its next start and reconciles it with the scheduler instead of 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, literal, select, union_all, update
 
 from hpcscale.errors import InvalidTransition, NotFound
 from hpcscale.models import (
@@ -191,7 +191,7 @@ class ManagerRecords:
             row = conn.execute(select(submissions).where(submissions.c.tag == tag)).first()
         if row is None:
             raise NotFound(f"no submission {tag}")
-        return _submission(row)
+        return submission_of(row)
 
     def list_submissions(
         self,
@@ -213,7 +213,7 @@ class ManagerRecords:
         if open_only:
             query = query.where(submissions.c.state.in_([s.value for s in OPEN_SUBMISSION_STATES]))
         with self._read() as conn:
-            return [_submission(r) for r in conn.execute(query)]
+            return [submission_of(r) for r in conn.execute(query)]
 
     # ------------------------------------------------------------------ workers whose job ended
 
@@ -292,61 +292,103 @@ class ManagerRecords:
     # ------------------------------------------------------------------ history and decisions
 
     def pool_history(self, pool: str, since: float, limit: int = 50) -> PoolHistory:
-        """Queue waits (submission -> registration) and failed starts since `since`."""
+        return self.pool_histories([(pool, since)], limit)[0]
+
+    def pool_histories(
+        self, asks: Sequence[tuple[str, float]], limit: int = 50
+    ) -> list[PoolHistory]:
+        """Per (pool, since): queue waits (submission -> registration) of its newest `limit`
+        workers, failed starts since `since`, its last registration. Three statements for
+        all the pools (a UNION ALL of one index range each), not three a pool: a manager asks
+        for all its pools every cycle."""
+        if not asks:
+            return []
+        pools = [pool for pool, _ in asks]
+        newest = [  # down ix_workers_pool_started, newest first
+            select(
+                literal(pool).label("pool"),
+                workers.c.started_at.label("started"),
+                (workers.c.started_at - submissions.c.created_at).label("wait"),
+            )
+            .select_from(workers.join(submissions, workers.c.submission == submissions.c.tag))
+            .where(workers.c.pool == pool)
+            .order_by(workers.c.started_at.desc())
+            .limit(limit)
+            .subquery()
+            for pool in pools
+        ]
+        last = [  # the newest registration, not max() over the pool's history
+            select(literal(pool).label("pool"), workers.c.started_at.label("started"))
+            .where(workers.c.pool == pool, workers.c.submission.is_not(None))
+            .order_by(workers.c.started_at.desc())
+            .limit(1)
+            .subquery()
+            for pool in pools
+        ]
+        waits: dict[str, list[tuple[float, float]]] = {pool: [] for pool in pools}
+        failed: dict[str, list[float]] = {pool: [] for pool in pools}
+        latest: dict[str, float] = {}
         with self._read() as conn:
-            waits = conn.execute(
-                select((workers.c.started_at - submissions.c.created_at).label("wait"))
-                .select_from(workers.join(submissions, workers.c.submission == submissions.c.tag))
-                .where(workers.c.pool == pool)
-                .order_by(workers.c.started_at.desc())
-                .limit(limit)
-            ).all()
-            failed = conn.execute(
-                select(events.c.ts)
+            for r in conn.execute(union_all(*[select(part) for part in newest])):
+                waits[r.pool].append((float(r.started), max(0.0, float(r.wait))))
+            for r in conn.execute(union_all(*[select(part) for part in last])):
+                latest[r.pool] = float(r.started)
+            starts = conn.execute(
+                select(events.c.ts, events.c.detail)
                 .where(
                     events.c.kind == "pool.failed_start",
-                    events.c.detail.startswith(pool + " "),
-                    events.c.ts >= since,
+                    events.c.ts >= min(since for _, since in asks),
                 )
                 .order_by(events.c.ts)
-            ).all()
-            # The newest first down ix_workers_pool_started, not max() over the pool's history.
-            last = conn.execute(
-                select(workers.c.started_at)
-                .where(workers.c.pool == pool, workers.c.submission.is_not(None))
-                .order_by(workers.c.started_at.desc())
-                .limit(1)
-            ).scalar()
-        return PoolHistory(
-            queue_waits=[max(0.0, float(w.wait)) for w in waits],
-            failed_starts=[float(f.ts) for f in failed],
-            last_registration=float(last) if last is not None else None,
-        )
+            )
+            for r in starts:  # the detail is "<pool> <element or worker id>"
+                pool = (r.detail or "").split(" ", 1)[0]
+                if pool in failed:
+                    failed[pool].append(float(r.ts))
+        return [
+            PoolHistory(
+                queue_waits=[w for _, w in sorted(waits[pool], reverse=True)],
+                failed_starts=[t for t in failed[pool] if t >= since],
+                last_registration=latest.get(pool),
+            )
+            for pool, since in asks
+        ]
 
     def record_decision(self, record: DecisionRecord) -> None:
+        self.record_decisions([record])
+
+    def record_decisions(self, records: Sequence[DecisionRecord]) -> None:
+        """A cycle's decisions (one a pool) in one transaction; each pool keeps its newest."""
+        if not records:
+            return
         now = self.clock()
         with self._write() as conn:
             conn.execute(
-                insert(decisions).values(
-                    ts=record.ts or now,
-                    manager=record.manager,
-                    pool=record.pool,
-                    data=json.dumps(record.data, default=str),
-                )
+                insert(decisions),
+                [
+                    {
+                        "ts": r.ts or now,
+                        "manager": r.manager,
+                        "pool": r.pool,
+                        "data": json.dumps(r.data, default=str),
+                    }
+                    for r in records
+                ],
             )
-            newest = conn.execute(
-                select(decisions.c.id)
-                .where(decisions.c.pool == record.pool)
-                .order_by(decisions.c.id.desc())
-                .offset(DECISIONS_KEPT)
-                .limit(1)
-            ).first()
-            if newest is not None:
-                conn.execute(
-                    delete(decisions).where(
-                        and_(decisions.c.pool == record.pool, decisions.c.id <= newest.id)
+            for pool in sorted({r.pool for r in records}):
+                newest = conn.execute(
+                    select(decisions.c.id)
+                    .where(decisions.c.pool == pool)
+                    .order_by(decisions.c.id.desc())
+                    .offset(DECISIONS_KEPT)
+                    .limit(1)
+                ).first()
+                if newest is not None:
+                    conn.execute(
+                        delete(decisions).where(
+                            and_(decisions.c.pool == pool, decisions.c.id <= newest.id)
+                        )
                     )
-                )
 
     def list_decisions(self, pool: str, limit: int = 10) -> list[DecisionRecord]:
         with self._read() as conn:
@@ -368,18 +410,17 @@ class ManagerRecords:
         return int(value or 0)
 
 
-def _submission(row: Any) -> Submission:
-    return Submission(
-        tag=row.tag,
-        manager=row.manager,
-        pool=row.pool,
-        count=row.count,
-        job_ids=json.loads(row.job_ids),
-        state=SubmissionState(row.state),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        detail=row.detail,
-    )
+_SUBMISSION_COLUMNS = tuple(c.name for c in submissions.c)
+
+
+def submission_of(row: Any) -> Submission:
+    """From a row of select(submissions), validated by pydantic-core from a dict: a manager
+    reads hundreds a cycle (its open arrays), and attribute access and Submission(**kwargs)
+    cost half as much again (bench/scale.py)."""
+    values = dict(zip(_SUBMISSION_COLUMNS, row, strict=True))
+    values["job_ids"] = json.loads(values["job_ids"])
+    del values["rev"]  # the feed's, not the record's
+    return Submission.model_validate(values)
 
 
 class PoolTotals:

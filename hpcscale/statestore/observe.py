@@ -3,8 +3,9 @@
 At 10^4 workers a cycle that listed every worker of every pool cost 100 ms and more in the store
 alone (bench/scale.py). Here the workers come as a change feed on `workers.rev` (schema.py says
 why it is exact on both backends): the first read lists them all, each later one only those
-that registered or changed state since. What moves with every task (busy slots, tasks started)
-comes as a count and a short list per pool instead.
+that registered or changed state since; the manager's open submissions likewise. What moves
+with every task (busy slots, tasks done) is not followed; the workers that reached max_tasks
+come as a short list per pool instead.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Connection, func, literal_column, select, text
+from sqlalchemy import Connection, func, literal, literal_column, select, text, union_all
 
 from hpcscale.models import (
     Backlog,
@@ -31,9 +32,11 @@ from hpcscale.models import (
     Worker,
     WorkerState,
 )
-from hpcscale.statestore.schema import submissions, workers
+from hpcscale.statestore.manager_records import submission_of
+from hpcscale.statestore.schema import SQLITE_LAST_REV, submissions, workers
 
 LIVE_WORKER_STATES = (WorkerState.ACTIVE.value, WorkerState.DRAINING.value)
+ALL = 2**31 - 1  # a manager's first read: every open submission, however many
 WORKER_COLUMNS = (
     "id", "pool", "queues", "host", "slots", "job_id", "array_index", "submission",
     "started_at", "expected_end", "last_heartbeat", "state", "tasks_done", "busy_slots",
@@ -82,9 +85,6 @@ class Observe:
     def list_pools(self) -> list[PoolInfo]:
         raise NotImplementedError
 
-    def queue_stats(self, queue: str) -> QueueStats:
-        raise NotImplementedError
-
     def list_workers(
         self, pool: str | None = None, live_only: bool = False, since: float | None = None
     ) -> list[Worker]:
@@ -101,7 +101,10 @@ class Observe:
     ) -> list[Submission]:
         raise NotImplementedError
 
-    def pool_history(self, pool: str, since: float) -> PoolHistory:
+    def pool_histories(self, asks: Sequence[tuple[str, float]]) -> list[PoolHistory]:
+        raise NotImplementedError
+
+    def queues_stats(self, queues: Sequence[str]) -> list[QueueStats]:
         raise NotImplementedError
 
     def observe(self, manager: str, ask: ObserveRequest) -> CycleView:
@@ -109,76 +112,95 @@ class Observe:
         those started since `ask.since` when `ask.cursor` is None, else those changed since."""
         queues = sorted({q for p in ask.pools for q in p.queues})
         with self._read(snapshot=True) as conn:
-            cursor = self._worker_cursor(conn)  # first: what commits after it comes next time
-            feed = self._feed(conn)
+            cursor, feed = self._cursor(conn)  # first: what commits after it comes next time
             if ask.cursor is None:
                 changed = [w for p in ask.pools for w in self.list_workers(p.pool, since=ask.since)]
+                subs = self.list_submissions(manager=manager, open_only=True, limit=ALL)
             else:
                 changed = self._changed_workers(conn, [p.pool for p in ask.pools], ask.cursor)
+                subs = self._changed_submissions(conn, manager, ask.cursor)
             return CycleView(
                 backlog=self.claimable(),
                 denied_hosts=[h.host for h in self.list_hosts() if h.denied],
-                submissions=self.list_submissions(manager=manager, open_only=True),
+                submissions=subs,
                 pools=self.list_pools(),
-                queue_stats=[self.queue_stats(q) for q in queues],
-                per_pool=[self._pool_observation(conn, p) for p in ask.pools],
+                queue_stats=self.queues_stats(queues),
+                per_pool=self._pool_observations(conn, ask.pools),
                 workers=changed,
                 cursor=cursor,
                 feed=feed,
             )
 
-    def _worker_cursor(self, conn: Connection) -> int:
+    def _cursor(self, conn: Connection) -> tuple[int, str]:
+        """The worker feed's cursor and what it is valid in (the feed). SQLite: this store's
+        opening (one server process owns the file: a file put in its place needs a restart).
+        PostgreSQL: the database, its workers table and the server's start, so that a database
+        restored under a running API server is told apart, and several API servers on one
+        database alike."""
         if self.is_sqlite:
-            query: Any = select(func.coalesce(func.max(workers.c.rev), 0) + 1)
-        else:
-            query = text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        return int(conn.execute(query).scalar_one())
-
-    def _feed(self, conn: Connection) -> str:
-        """What a cursor is valid in. SQLite: this store's opening (one server process owns the
-        file: a file put in its place needs a restart). PostgreSQL: the database, its workers
-        table and the server's start, so that a database restored under a running API server,
-        or several API servers on one database, are told apart or alike correctly."""
-        if self.is_sqlite:
-            return f"sqlite:{self.opened}"
+            last = conn.exec_driver_sql(SQLITE_LAST_REV).scalar_one()
+            return int(last) + 1, f"sqlite:{self.opened}"
         row = conn.execute(
             text(
-                "SELECT d.oid, 'workers'::regclass::oid, "
-                "extract(epoch FROM pg_postmaster_start_time()) "
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, d.oid, "
+                "'workers'::regclass::oid, extract(epoch FROM pg_postmaster_start_time()) "
                 "FROM pg_database d WHERE d.datname = current_database()"
             )
         ).one()
-        return f"postgresql:{row[0]}.{row[1]}.{row[2]}"
+        return int(row[0]), f"postgresql:{row[1]}.{row[2]}.{row[3]}"
 
     def _changed_workers(self, conn: Connection, pools: list[str], cursor: int) -> list[Worker]:
-        """Down ix_workers_rev: only the rows changed since `cursor`, whatever the pools' size."""
-        query = select(*[workers.c[name] for name in WORKER_COLUMNS]).where(
-            workers.c.rev >= cursor, workers.c.pool.in_(pools)
-        )
-        found = rows_to_workers(conn.execute(query))
+        """Down ix_workers_rev: only the rows changed since `cursor`, whatever the pools' size.
+        The pools are picked here: given `pool IN (...)`, SQLite's planner (no ANALYZE) would
+        walk ix_workers_pool_state through every live worker instead."""
+        query = select(*[workers.c[name] for name in WORKER_COLUMNS]).where(workers.c.rev >= cursor)
+        wanted = set(pools)
+        found = [w for w in rows_to_workers(conn.execute(query)) if w.pool in wanted]
         found.sort(key=lambda w: w.started_at)
         return found
 
-    def _pool_observation(self, conn: Connection, ask: PoolQuestion) -> PoolObservation:
-        mine = [workers.c.pool == ask.pool, live_workers()]
-        busy = conn.execute(select(func.count()).where(*mine, workers.c.busy_slots > 0)).scalar()
-        spent: list[str] = []
-        if ask.max_tasks:
-            started = workers.c.tasks_done + workers.c.busy_slots
-            spent = list(
-                conn.execute(select(workers.c.id).where(*mine, started >= ask.max_tasks)).scalars()
-            )
-        submitted = conn.execute(  # down ix_submissions_pool_created
-            select(func.coalesce(func.sum(submissions.c.count), 0)).where(
-                submissions.c.pool == ask.pool,
-                submissions.c.created_at >= ask.submitted_since,
-                submissions.c.state != SubmissionState.FAILED.value,
-            )
-        ).scalar()
-        return PoolObservation(
-            pool=ask.pool,
-            history=self.pool_history(ask.pool, ask.history_since),
-            submitted=int(submitted or 0),
-            busy=int(busy or 0),
-            spent=spent,
+    def _changed_submissions(self, conn: Connection, manager: str, cursor: int) -> list[Submission]:
+        """Down ix_submissions_rev, the manager picked here (as in _changed_workers)."""
+        query = select(submissions).where(submissions.c.rev >= cursor)
+        return [s for s in map(submission_of, conn.execute(query)) if s.manager == manager]
+
+    def _pool_observations(
+        self, conn: Connection, asks: Sequence[PoolQuestion]
+    ) -> list[PoolObservation]:
+        """Per pool: its history, workers asked this hour, workers at max_tasks; a statement
+        each for all the pools (UNION ALL), not one a pool."""
+        if not asks:
+            return []
+        histories = self.pool_histories([(a.pool, a.history_since) for a in asks])
+        asked = union_all(  # down ix_submissions_pool_created
+            *[
+                select(
+                    literal(a.pool).label("pool"),
+                    func.coalesce(func.sum(submissions.c.count), 0).label("n"),
+                ).where(
+                    submissions.c.pool == a.pool,
+                    submissions.c.created_at >= a.submitted_since,
+                    submissions.c.state != SubmissionState.FAILED.value,
+                )
+                for a in asks
+            ]
         )
+        submitted = {r.pool: int(r.n or 0) for r in conn.execute(asked)}
+        started = workers.c.tasks_done + workers.c.busy_slots
+        limited = [  # down ix_workers_pool_tasks_started
+            select(literal(a.pool).label("pool"), workers.c.id).where(
+                workers.c.pool == a.pool, live_workers(), started >= a.max_tasks
+            )
+            for a in asks
+            if a.max_tasks
+        ]
+        spent: dict[str, list[str]] = {a.pool: [] for a in asks}
+        if limited:
+            for r in conn.execute(union_all(*limited)):
+                spent[r.pool].append(r.id)
+        return [
+            PoolObservation(
+                pool=a.pool, history=history, submitted=submitted[a.pool], spent=spent[a.pool]
+            )
+            for a, history in zip(asks, histories, strict=True)
+        ]

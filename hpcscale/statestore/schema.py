@@ -6,8 +6,8 @@ no bump: it is created when an older database is opened.
 
 Version 2: `waiting_counts`, kept by triggers on `tasks` (`install_counters`), and the indexes
 the manager's cycle seeks with at 10^6 tasks and 10^4 workers (bench/scale.py, BENCHMARKS.md
-"Scale"). Version 3: `workers.rev`, the change feed the manager follows instead of reading every
-worker each cycle (`install_worker_revs`).
+"Scale"). Version 3: `workers.rev` and `submissions.rev`, the change feed the manager follows
+instead of reading every worker and open submission each cycle (`install_revs`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from sqlalchemy import (
     delete,
     text,
 )
+from sqlalchemy.schema import CreateIndex
 
 from hpcscale.errors import SchemaMismatch
 
@@ -131,10 +132,17 @@ workers = Table(
     Column("end_reason", Text),
     Column("ended_at", Float),
     # When the row last changed in a way the manager follows (registered, a new state): see
-    # install_worker_revs. Heartbeats, claims and results leave it alone.
+    # install_revs. Heartbeats, claims and results leave it alone.
     Column("rev", BigInteger, nullable=False, server_default=text("0")),
 )
 Index("ix_workers_rev", workers.c.rev)
+# A pool's live workers that started max_tasks tasks (Store.observe): a range, not a pass.
+Index(
+    "ix_workers_pool_tasks_started",
+    workers.c.pool,
+    workers.c.state,
+    workers.c.tasks_done + workers.c.busy_slots,
+)
 Index("ix_workers_pool_state", workers.c.pool, workers.c.state)
 Index("ix_workers_state_heartbeat", workers.c.state, workers.c.last_heartbeat)
 # A pool's workers started since a time (the manager's look-back), newest first (its history).
@@ -195,7 +203,9 @@ submissions = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("detail", Text),
+    Column("rev", BigInteger, nullable=False, server_default=text("0")),  # as workers.rev
 )
+Index("ix_submissions_rev", submissions.c.rev)
 Index("ix_submissions_manager_state", submissions.c.manager, submissions.c.state)
 # A pool's submissions of the last hour (max_submit_per_hour), whatever the history's length.
 Index("ix_submissions_pool_created", submissions.c.pool, submissions.c.created_at)
@@ -348,46 +358,71 @@ def install_counters(conn: Connection) -> None:
     )
 
 
-# ---------------------------------------------------------------------- workers.rev
+# ---------------------------------------------------------------------- the revs
 
-# A worker row gets a new `rev` when it is inserted or its state, end or deadline changes, so a
+# A worker or submission row gets a new `rev` when it is inserted or changes in a way the
+# manager follows (a worker's state, end or deadline; a submission's state, jobs or count), so a
 # reader that remembers a cursor can ask only for what changed since (Store.observe). What the
 # cursor means differs per backend, each exact in commit order:
-# - SQLite commits one writer at a time, so max(rev) + 1 numbers the writes in commit order; the
-#   cursor is the largest rev the reader saw plus one.
+# - SQLite commits one writer at a time, so the largest rev of both tables + 1 numbers the
+#   writes in commit order; the cursor is the largest rev the reader saw plus one.
 # - PostgreSQL commits concurrent transactions in any order, so a counter could let a reader see
 #   rev 11 before rev 10 commits, and skip it. The rev is the writing transaction's id instead,
 #   and the cursor the xmin of the reader's snapshot: every transaction that snapshot did not see
 #   has an id >= xmin, so `rev >= cursor` finds it later. Rows the reader did see may come again.
-_WORKER_REV_COLUMNS = "state, ended_at, end_reason, expected_end"
-WORKER_REV_TRIGGERS = {
-    "sqlite": ("workers_rev_insert", "workers_rev_update"),
-    "postgresql": ("workers_rev",),
+FOLLOWED = {  # table: (its key, the columns whose change gives a row a new rev)
+    "workers": ("id", ("state", "ended_at", "end_reason", "expected_end")),
+    "submissions": ("tag", ("state", "job_ids", "count")),
 }
-_SQLITE_NEXT_REV = (
-    "UPDATE workers SET rev = (SELECT coalesce(max(rev), 0) + 1 FROM workers) WHERE id = NEW.id"
+REV_TRIGGERS = tuple(f"{t}_rev_{when}" for t in FOLLOWED for when in ("insert", "update"))
+SQLITE_LAST_REV = (
+    "SELECT coalesce(max(r), 0) FROM (SELECT max(rev) AS r FROM workers "
+    "UNION ALL SELECT max(rev) AS r FROM submissions)"
 )
-SQLITE_WORKER_REVS = (
-    "DROP TRIGGER IF EXISTS workers_rev_insert",
-    f"CREATE TRIGGER workers_rev_insert AFTER INSERT ON workers BEGIN {_SQLITE_NEXT_REV}; END",
-    "DROP TRIGGER IF EXISTS workers_rev_update",
-    f"CREATE TRIGGER workers_rev_update AFTER UPDATE OF {_WORKER_REV_COLUMNS} ON workers "
-    f"BEGIN {_SQLITE_NEXT_REV}; END",
+
+
+def _changed(columns: tuple[str, ...], differ: str) -> str:
+    """A WHEN clause: one of the columns has a new value (not merely set to the same)."""
+    return " OR ".join(f"OLD.{c} {differ} NEW.{c}" for c in columns)
+
+
+# Built from the constants above only (no input reaches them): hence the noqa.
+SQLITE_REVS = tuple(
+    statement
+    for table, (key, columns) in FOLLOWED.items()
+    for bump in [f"UPDATE {table} SET rev = ({SQLITE_LAST_REV}) + 1 WHERE {key} = NEW.{key}"]  # noqa: S608
+    for statement in (
+        f"DROP TRIGGER IF EXISTS {table}_rev_insert",
+        f"CREATE TRIGGER {table}_rev_insert AFTER INSERT ON {table} BEGIN {bump}; END",
+        f"DROP TRIGGER IF EXISTS {table}_rev_update",
+        f"CREATE TRIGGER {table}_rev_update AFTER UPDATE OF {', '.join(columns)} ON {table} "
+        f"WHEN {_changed(columns, 'IS NOT')} BEGIN {bump}; END",
+    )
 )
-POSTGRES_WORKER_REVS = (
-    """CREATE OR REPLACE FUNCTION hpcscale_worker_rev() RETURNS trigger
+POSTGRES_REVS = (
+    """CREATE OR REPLACE FUNCTION hpcscale_rev() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
   NEW.rev := pg_current_xact_id()::text::bigint;
   RETURN NEW;
 END $$""",
-    "DROP TRIGGER IF EXISTS workers_rev ON workers",
-    f"CREATE TRIGGER workers_rev BEFORE INSERT OR UPDATE OF {_WORKER_REV_COLUMNS} ON workers "
-    "FOR EACH ROW EXECUTE FUNCTION hpcscale_worker_rev()",
+    *(
+        statement
+        for table, (_, columns) in FOLLOWED.items()
+        for statement in (
+            f"DROP TRIGGER IF EXISTS {table}_rev_insert ON {table}",
+            f"CREATE TRIGGER {table}_rev_insert BEFORE INSERT ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION hpcscale_rev()",
+            f"DROP TRIGGER IF EXISTS {table}_rev_update ON {table}",
+            f"CREATE TRIGGER {table}_rev_update BEFORE UPDATE OF {', '.join(columns)} ON {table} "
+            f"FOR EACH ROW WHEN ({_changed(columns, 'IS DISTINCT FROM')}) "
+            "EXECUTE FUNCTION hpcscale_rev()",
+        )
+    ),
 )
 
 
-MIN_POSTGRES = 130000  # pg_current_xact_id() (workers.rev), as server_version_num
+MIN_POSTGRES = 130000  # pg_current_xact_id() (the revs), as server_version_num
 
 
 def check_postgres(version_num: int) -> None:
@@ -399,10 +434,10 @@ def check_postgres(version_num: int) -> None:
         raise SchemaMismatch(f"PostgreSQL {found} is too old: hpcscale needs 13 or newer")
 
 
-def install_worker_revs(conn: Connection) -> None:
-    """(Re)create the triggers that keep `workers.rev`, in the caller's write transaction."""
+def install_revs(conn: Connection) -> None:
+    """(Re)create the triggers that keep `rev` (FOLLOWED), in the caller's write transaction."""
     postgres = conn.dialect.name == "postgresql"
-    for statement in POSTGRES_WORKER_REVS if postgres else SQLITE_WORKER_REVS:
+    for statement in POSTGRES_REVS if postgres else SQLITE_REVS:
         conn.exec_driver_sql(statement)
 
 
@@ -419,14 +454,15 @@ def upgrade(conn: Connection, found: int) -> None:
     transaction (the caller records the new number). New tables are already there: create_all
     makes them, but not new indexes of the tables it finds."""
     log.warning("upgrading the database from schema %d to %d", found, SCHEMA_VERSION)
-    if found < 3:  # before the indexes: ix_workers_rev is on it
-        conn.exec_driver_sql("ALTER TABLE workers ADD COLUMN rev BIGINT NOT NULL DEFAULT 0")
+    if found < 3:  # before the indexes: ix_workers_rev and ix_submissions_rev are on them
+        for name in FOLLOWED:
+            conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN rev BIGINT NOT NULL DEFAULT 0")
     if found < 2 and conn.dialect.name == "postgresql":  # ix_events_kind: text_pattern_ops now
         conn.exec_driver_sql("DROP INDEX IF EXISTS ix_events_kind")
     for table in metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(conn, checkfirst=True)
+        for index in table.indexes:  # IF NOT EXISTS: reflection does not see expression indexes
+            conn.execute(CreateIndex(index, if_not_exists=True))
     if found < 2:
         install_counters(conn)
     if found < 3:
-        install_worker_revs(conn)
+        install_revs(conn)
