@@ -1019,7 +1019,7 @@ def legacy_calls(store: Store, fill: Fill, runs: int) -> list[tuple[CallStats, C
 
 NEW_INDEXES = (
     "ix_tasks_waiting_age", "ix_workers_pool_started", "ix_submissions_pool_created",
-    "ix_workers_rev",
+    "ix_workers_rev", "ix_submissions_rev", "ix_workers_pool_tasks_started",
 )  # fmt: skip
 
 
@@ -1033,6 +1033,8 @@ SERVES = {  # all in observe now (claimable, pool_history, the hour's submission
     "ix_workers_pool_started": ("observe",),
     "ix_submissions_pool_created": ("observe",),
     "ix_workers_rev": ("observe",),
+    "ix_submissions_rev": ("observe",),
+    "ix_workers_pool_tasks_started": ("observe",),
 }
 
 
