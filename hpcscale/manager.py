@@ -720,7 +720,8 @@ class ComputeManager:
         if self.dry_run:
             self.out(f"pool {pool.name}: " + "; ".join(reasons))
             return
-        self.records.append(DecisionRecord(manager=self.name, pool=pool.name, data=data))
+        record = DecisionRecord(manager=self.name, pool=pool.name, ts=self.clock(), data=data)
+        self.records.append(record)
 
     def _flush_records(self) -> None:
         """The cycle's decisions in one request, after every pool has acted."""

@@ -453,7 +453,7 @@ class PoolQuestion(_Wire):
     )
 
 
-MAX_OBSERVED_QUEUES = 1024  # distinct queues of one observe: a statistics query each
+MAX_OBSERVED_QUEUES = 1024  # distinct queues of one observe: a range of ix_tasks_ended each
 
 
 class ObserveRequest(_Wire):
@@ -471,6 +471,8 @@ class ObserveRequest(_Wire):
     def _few_queues(cls, pools: list[PoolQuestion]) -> list[PoolQuestion]:
         if len({q for p in pools for q in p.queues}) > MAX_OBSERVED_QUEUES:
             raise ValueError(f"more than {MAX_OBSERVED_QUEUES} distinct queues")
+        if len({p.pool for p in pools}) < len(pools):
+            raise ValueError("a pool is asked about twice")
         return pools
 
 

@@ -262,3 +262,24 @@ def test_postgresql_older_than_13_is_refused_by_name() -> None:
     schema.check_postgres(130000)
     with pytest.raises(SchemaMismatch, match=r"PostgreSQL 12\.15 is too old: .*13 or newer"):
         schema.check_postgres(120015)
+
+
+def test_observe_answers_the_largest_config_the_checks_allow(store: Store) -> None:
+    """256 pools and 1,024 distinct queues (what the config and the API allow) in one observe:
+    SQLite takes at most 500 terms in one UNION ALL (and, before 3.32, 999 bound values), so
+    the per-pool and per-queue reads must come in several statements."""
+    pools = [
+        PoolQuestion(pool=f"p{i}", queues=[f"q{i}_{j}" for j in range(4)], history_since=0,
+                     submitted_since=0, max_tasks=1)
+        for i in range(256)
+    ]  # fmt: skip
+    worker = store.register_worker(WorkerRegistration(pool="p255", queues=["q255_3"])).id
+    store.submit([TaskSpec(command=["true"], queue="q255_3")])
+    store.claim(worker, ["q255_3"], 1, 1)
+    store.heartbeat(worker, [], busy_slots=1)  # tasks started = done + busy, as last reported
+    view = store.observe("m", ObserveRequest(pools=pools, since=0))
+    assert [p.pool for p in view.per_pool] == [p.pool for p in pools]
+    assert len(view.queue_stats) == 1024
+    assert view.per_pool[-1].spent == [worker]
+    with pytest.raises(ValueError, match="twice"):
+        ObserveRequest(pools=[pools[0], pools[0]], since=0)

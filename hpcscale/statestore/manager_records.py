@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, literal, select, union_all, update
+from sqlalchemy import Connection, and_, delete, func, insert, literal, select, update
 
 from hpcscale.errors import InvalidTransition, NotFound
 from hpcscale.models import (
@@ -37,6 +37,7 @@ from hpcscale.statestore.schema import (
     tasks,
     workers,
 )
+from hpcscale.statestore.unions import union_rows
 
 DECISIONS_KEPT = 500  # per pool; `why` shows the newest
 LIVE = (WorkerState.ACTIVE.value, WorkerState.DRAINING.value)
@@ -329,9 +330,9 @@ class ManagerRecords:
         failed: dict[str, list[float]] = {pool: [] for pool in pools}
         latest: dict[str, float] = {}
         with self._read() as conn:
-            for r in conn.execute(union_all(*[select(part) for part in newest])):
+            for r in union_rows(conn, [select(part) for part in newest]):
                 waits[r.pool].append((float(r.started), max(0.0, float(r.wait))))
-            for r in conn.execute(union_all(*[select(part) for part in last])):
+            for r in union_rows(conn, [select(part) for part in last]):
                 latest[r.pool] = float(r.started)
             starts = conn.execute(
                 select(events.c.ts, events.c.detail)
@@ -341,10 +342,10 @@ class ManagerRecords:
                 )
                 .order_by(events.c.ts)
             )
-            for r in starts:  # the detail is "<pool> <element or worker id>"
-                pool = (r.detail or "").split(" ", 1)[0]
+            for start in starts:  # the detail is "<pool> <element or worker id>"
+                pool = (start.detail or "").split(" ", 1)[0]
                 if pool in failed:
-                    failed[pool].append(float(r.ts))
+                    failed[pool].append(float(start.ts))
         return [
             PoolHistory(
                 queue_waits=[w for _, w in sorted(waits[pool], reverse=True)],

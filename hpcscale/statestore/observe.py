@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Connection, func, literal, literal_column, select, text, union_all
+from sqlalchemy import Connection, func, literal, literal_column, select, text
 
 from hpcscale.models import (
     Backlog,
@@ -34,6 +34,7 @@ from hpcscale.models import (
 )
 from hpcscale.statestore.manager_records import submission_of
 from hpcscale.statestore.schema import SQLITE_LAST_REV, submissions, workers
+from hpcscale.statestore.unions import union_rows
 
 LIVE_WORKER_STATES = (WorkerState.ACTIVE.value, WorkerState.DRAINING.value)
 ALL = 2**31 - 1  # a manager's first read: every open submission, however many
@@ -172,20 +173,18 @@ class Observe:
         if not asks:
             return []
         histories = self.pool_histories([(a.pool, a.history_since) for a in asks])
-        asked = union_all(  # down ix_submissions_pool_created
-            *[
-                select(
-                    literal(a.pool).label("pool"),
-                    func.coalesce(func.sum(submissions.c.count), 0).label("n"),
-                ).where(
-                    submissions.c.pool == a.pool,
-                    submissions.c.created_at >= a.submitted_since,
-                    submissions.c.state != SubmissionState.FAILED.value,
-                )
-                for a in asks
-            ]
-        )
-        submitted = {r.pool: int(r.n or 0) for r in conn.execute(asked)}
+        asked = [  # down ix_submissions_pool_created
+            select(
+                literal(a.pool).label("pool"),
+                func.coalesce(func.sum(submissions.c.count), 0).label("n"),
+            ).where(
+                submissions.c.pool == a.pool,
+                submissions.c.created_at >= a.submitted_since,
+                submissions.c.state != SubmissionState.FAILED.value,
+            )
+            for a in asks
+        ]
+        submitted = {r.pool: int(r.n or 0) for r in union_rows(conn, asked)}
         started = workers.c.tasks_done + workers.c.busy_slots
         limited = [  # down ix_workers_pool_tasks_started
             select(literal(a.pool).label("pool"), workers.c.id).where(
@@ -195,9 +194,8 @@ class Observe:
             if a.max_tasks
         ]
         spent: dict[str, list[str]] = {a.pool: [] for a in asks}
-        if limited:
-            for r in conn.execute(union_all(*limited)):
-                spent[r.pool].append(r.id)
+        for r in union_rows(conn, limited):
+            spent[r.pool].append(r.id)
         return [
             PoolObservation(
                 pool=a.pool, history=history, submitted=submitted[a.pool], spent=spent[a.pool]

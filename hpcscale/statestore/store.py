@@ -87,6 +87,7 @@ from hpcscale.statestore.schema import (
     waiting_counts,
     workers,
 )
+from hpcscale.statestore.unions import union_rows
 
 Clock = Callable[[], float]
 T = TypeVar("T")
@@ -1061,7 +1062,7 @@ class Store(ManagerRecords, HostRecords, Observe):
         ]
         found: dict[str, list[tuple[float, float]]] = {queue: [] for queue in queues}
         with self._read() as conn:
-            for r in conn.execute(union_all(*[select(part) for part in newest])):
+            for r in union_rows(conn, [select(part) for part in newest]):
                 found[r.queue].append((float(r.ended), max(0.0, float(r.d))))
         return [_queue_stats(queue, [d for _, d in sorted(found[queue], reverse=True)])
                 for queue in queues]  # fmt: skip
