@@ -142,15 +142,15 @@ exit 1
     serve.env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     start(serve, max_pending=3, max_tasks=1)  # one task per worker: many sbatch calls
     with Sampler(serve.manager, every=0.25) as sampler:
-        ids = submit(serve, 40, ["sleep", "1"])
+        ids = submit(serve, 21, ["sleep", "0.5"])  # 21 workers: at least 7 arrays of 3
         with serve.admin() as admin:
-            wait_for("50 manager cycles", lambda: len(admin.decisions("cpu", 60)) >= 50, 120)
+            wait_for("40 manager cycles", lambda: len(admin.decisions("cpu", 50)) >= 40, 120)
         wait_for("all tasks to succeed", lambda: all_succeeded(serve, ids), timeout=180)
     assert max(sampler.samples) <= 3, sampler.samples
     with serve.admin() as admin:
         subs = admin.submissions(manager=serve.manager)
     assert all(len(s.job_ids) == 1 for s in subs if s.state != SubmissionState.FAILED)
-    assert len(calls.read_text().splitlines()) == len(subs) >= 10  # each timed out, none redone
+    assert len(calls.read_text().splitlines()) == len(subs) >= 7  # each timed out, none redone
     assert len(sampler.job_ids) == len({j for s in subs for j in s.job_ids})
 
 
