@@ -66,17 +66,12 @@ from hpcscale.config import Settings, from_mapping, worker_token_file
 from hpcscale.demo import wait_healthy
 from hpcscale.manager import ComputeManager
 from hpcscale.models import (
-    Backlog,
     CycleView,
     DecisionRecord,
     Event,
-    HostInfo,
     ManagerInfo,
     ManagerRegistration,
     ObserveRequest,
-    PoolHistory,
-    PoolInfo,
-    QueueStats,
     Role,
     Submission,
     SubmissionIntent,
@@ -87,6 +82,7 @@ from hpcscale.models import (
     WaitReply,
     Worker,
     WorkerRegistration,
+    WorkerState,
 )
 from hpcscale.schedulers import ElementState, ElementStatus, Scheduler
 from hpcscale.schedulers.base import Submission as Created
@@ -546,9 +542,6 @@ class StoreClient:
             task_id=task,
         )
 
-    def backlog(self, queues: Sequence[str] | None = None) -> list[Backlog]:
-        return self.t.run("claimable", self.store.claimable, queues)
-
     def observe(self, manager: str, ask: ObserveRequest) -> CycleView:
         view = self.t.run("observe", self.store.observe, manager, ask)
         self.t.feed.append(len(view.workers))
@@ -556,38 +549,6 @@ class StoreClient:
 
     def worker(self, worker_id: str) -> Worker:
         return self.t.run("get_worker", self.store.get_worker, worker_id)
-
-    def submissions(
-        self,
-        *,
-        manager: str | None = None,
-        pool: str | None = None,
-        open_only: bool = False,
-        since: float | None = None,
-        limit: int | None = None,
-    ) -> list[Submission]:
-        name = "list_submissions(" + ", ".join(
-            k for k, v in (("manager", manager), ("pool", pool), ("open", open_only),
-                           ("since", since)) if v
-        ) + ")"  # fmt: skip
-        return self.t.run(
-            name,
-            self.store.list_submissions,
-            manager=manager,
-            pool=pool,
-            open_only=open_only,
-            since=since,
-            limit=limit or 1000,
-        )
-
-    def pools(self) -> list[PoolInfo]:
-        return self.t.run("list_pools", self.store.list_pools)
-
-    def hosts(self) -> list[HostInfo]:
-        return self.t.run("list_hosts", self.store.list_hosts)
-
-    def queue_stats(self, queue: str) -> QueueStats:
-        return self.t.run("queue_stats", self.store.queue_stats, queue)
 
     def list_workers(
         self, pool: str | None = None, live: bool = False, since: float | None = None
@@ -597,9 +558,6 @@ class StoreClient:
 
     def worker_gone(self, worker_id: str, reason: str) -> list[int]:
         return self.t.run("worker_gone", self.store.worker_gone, worker_id, reason)
-
-    def pool_history(self, pool: str, since: float) -> PoolHistory:
-        return self.t.run("pool_history", self.store.pool_history, pool, since)
 
     def record_decisions(self, records: Sequence[DecisionRecord]) -> None:
         self.t.run("record_decisions", self.store.record_decisions, records)
@@ -932,13 +890,35 @@ def store_version(store: Store) -> str:
         return "PostgreSQL " + str(conn.exec_driver_sql("SHOW server_version").scalar())
 
 
+def worker_by_name(row: Any) -> Worker:
+    """A worker from a row, as schema 1's store built it (attribute access, Worker(**kwargs)):
+    the "then" of legacy_calls."""
+    return Worker(
+        id=row.id,
+        pool=row.pool,
+        queues=json.loads(row.queues),
+        host=row.host,
+        slots=row.slots,
+        job_id=row.job_id,
+        array_index=row.array_index,
+        submission=row.submission,
+        started_at=row.started_at,
+        expected_end=row.expected_end,
+        last_heartbeat=row.last_heartbeat,
+        state=WorkerState(row.state),
+        tasks_done=row.tasks_done,
+        busy_slots=row.busy_slots,
+        end_reason=row.end_reason,
+        ended_at=row.ended_at,
+    )
+
+
 def legacy_calls(store: Store, fill: Fill, runs: int) -> list[tuple[CallStats, CallStats]]:
     """The same questions as schema 1 asked them (hpcscale before waiting_counts and these
     indexes) and as the store asks them now, each timed alone on the same database."""
     from sqlalchemy import func, or_, select
 
     from hpcscale.statestore.schema import events, tasks, workers
-    from hpcscale.statestore.store import _worker
 
     since = time.time() - 3600
     live = ("active", "draining")
@@ -984,7 +964,7 @@ def legacy_calls(store: Store, fill: Fill, runs: int) -> list[tuple[CallStats, C
                 .order_by(workers.c.started_at)
             )
             with store._read() as conn:
-                out += [_worker(r) for r in conn.execute(query)]
+                out += [worker_by_name(r) for r in conn.execute(query)]
         return out
 
     def now_list_workers() -> Any:

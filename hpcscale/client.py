@@ -42,7 +42,6 @@ from hpcscale.models import (
     ManagerInfo,
     ManagerRegistration,
     ObserveRequest,
-    PoolHistory,
     PoolInfo,
     PoolUpdate,
     QueueStats,
@@ -374,9 +373,6 @@ class Client:
     def worker_gone(self, worker_id: str, reason: str) -> list[int]:
         raw = self._request("POST", f"/v1/workers/{worker_id}/gone", body=WorkerGone(reason=reason))
         return ReleaseReply.model_validate(raw).released
-
-    def pool_history(self, pool: str, since: float) -> PoolHistory:
-        return self._get(f"/v1/pools/{pool}/history", PoolHistory, since=since)
 
     def record_decisions(self, records: Sequence[DecisionRecord]) -> None:
         self._request("POST", "/v1/decisions/batch", body=DecisionBatch(records=list(records)))

@@ -53,6 +53,7 @@ from hpcscale.errors import (
 from hpcscale.jobscript import render
 from hpcscale.mirror import Mirror
 from hpcscale.models import (
+    LIVE_WORKER_STATES,
     Backlog,
     Control,
     CycleView,
@@ -229,7 +230,7 @@ class ComputeManager:
             elif element.terminal:
                 self.first_running.pop(element.element_id, None)
                 worker = live.get(key)
-                if worker is not None and worker.state.value in ("active", "draining"):
+                if worker is not None and worker.state.value in LIVE_WORKER_STATES:
                     view.gone_workers.append(worker.id)
                 if (
                     element.state not in NORMAL_END
@@ -240,7 +241,7 @@ class ComputeManager:
             else:  # running, completing, unknown: holding a slot
                 view.running.append(element)
                 worker = live.get(key)
-                if worker is not None and worker.state.value in ("active", "draining"):
+                if worker is not None and worker.state.value in LIVE_WORKER_STATES:
                     view.registered.append(worker)
                     # The store lists the workers at max_tasks; their exact count is not needed.
                     started = max_tasks if worker.id in spent else 0
@@ -610,7 +611,7 @@ class ComputeManager:
         workers = self.client.list_workers(pool=pool.name, since=start - wall)
         seconds = 0.0
         for worker in workers:
-            live = worker.state.value in ("active", "draining")
+            live = worker.state.value in LIVE_WORKER_STATES
             end = worker.ended_at or (now if live else worker.last_heartbeat)
             seconds += max(0.0, min(end, now) - max(worker.started_at, start))
         waiting = view.unconfirmed + len(view.pending) + len(view.starting)

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hpcscale.models import OPEN_SUBMISSION_STATES, CycleView, Submission, Worker
-
-LIVE = ("active", "draining")
+from hpcscale.models import (
+    LIVE_WORKER_STATES,
+    OPEN_SUBMISSION_STATES,
+    CycleView,
+    Submission,
+    Worker,
+)
 
 
 class Mirror:
@@ -40,7 +44,9 @@ class Mirror:
                 self._open.pop(sub.tag, None)
         self.cursor, self.feed = view.cursor, view.feed
         oldest = now - self.window
-        for worker in [w for w in self._workers.values() if w.state.value not in LIVE]:
+        for worker in [
+            w for w in self._workers.values() if w.state.value not in LIVE_WORKER_STATES
+        ]:
             if worker.started_at < oldest:
                 del self._workers[worker.id]
         return True

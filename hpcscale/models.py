@@ -227,6 +227,10 @@ class WorkerState(StrEnum):
     LOST = "lost"
 
 
+# A worker that may still claim: its job holds a slot.
+LIVE_WORKER_STATES = (WorkerState.ACTIVE.value, WorkerState.DRAINING.value)
+
+
 class Worker(_Wire):
     id: str
     pool: str

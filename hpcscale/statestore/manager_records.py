@@ -16,6 +16,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, literal, select, 
 
 from hpcscale.errors import InvalidTransition, NotFound
 from hpcscale.models import (
+    LIVE_WORKER_STATES,
     OPEN_SUBMISSION_STATES,
     DecisionRecord,
     ManagerInfo,
@@ -40,7 +41,6 @@ from hpcscale.statestore.schema import (
 from hpcscale.statestore.unions import union_rows
 
 DECISIONS_KEPT = 500  # per pool; `why` shows the newest
-LIVE = (WorkerState.ACTIVE.value, WorkerState.DRAINING.value)
 
 
 class ManagerRecords:
@@ -253,7 +253,7 @@ class ManagerRecords:
                 )
                 if changed.rowcount == 1:
                     moved.append(task)
-            if row.state in LIVE:
+            if row.state in LIVE_WORKER_STATES:
                 conn.execute(
                     update(workers)
                     .where(workers.c.id == worker_id)
@@ -275,7 +275,7 @@ class ManagerRecords:
                         "worker_id": worker_id,
                         "detail": reason,
                     }
-                    for _ in range(1 if row.state in LIVE else 0)
+                    for _ in range(1 if row.state in LIVE_WORKER_STATES else 0)
                 ]
                 + [
                     {

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, func, literal, literal_column, select, text
 
 from hpcscale.models import (
+    LIVE_WORKER_STATES,
     Backlog,
     CycleView,
     HostInfo,
@@ -30,13 +31,11 @@ from hpcscale.models import (
     Submission,
     SubmissionState,
     Worker,
-    WorkerState,
 )
 from hpcscale.statestore.manager_records import submission_of
 from hpcscale.statestore.schema import SQLITE_LAST_REV, submissions, workers
 from hpcscale.statestore.unions import union_rows
 
-LIVE_WORKER_STATES = (WorkerState.ACTIVE.value, WorkerState.DRAINING.value)
 ALL = 2**31 - 1  # a manager's first read: every open submission, however many
 WORKER_COLUMNS = (
     "id", "pool", "queues", "host", "slots", "job_id", "array_index", "submission",
@@ -156,9 +155,7 @@ class Observe:
         walk ix_workers_pool_state through every live worker instead."""
         query = select(*[workers.c[name] for name in WORKER_COLUMNS]).where(workers.c.rev >= cursor)
         wanted = set(pools)
-        found = [w for w in rows_to_workers(conn.execute(query)) if w.pool in wanted]
-        found.sort(key=lambda w: w.started_at)
-        return found
+        return [w for w in rows_to_workers(conn.execute(query)) if w.pool in wanted]
 
     def _changed_submissions(self, conn: Connection, manager: str, cursor: int) -> list[Submission]:
         """Down ix_submissions_rev, the manager picked here (as in _changed_workers)."""

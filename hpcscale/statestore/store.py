@@ -48,6 +48,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from hpcscale.errors import InvalidTransition, NotFound, SchemaMismatch, StoreError
 from hpcscale.models import (
+    LIVE_WORKER_STATES,
     Backlog,
     ClaimedTask,
     Control,
@@ -71,7 +72,6 @@ from hpcscale.statestore import schema
 from hpcscale.statestore.hosts import HostRecords, HostRules
 from hpcscale.statestore.manager_records import ManagerRecords
 from hpcscale.statestore.observe import (
-    LIVE_WORKER_STATES,
     WORKER_COLUMNS,
     Observe,
     live_workers,
@@ -1112,10 +1112,11 @@ class Store(ManagerRecords, HostRecords, Observe):
 
     def get_worker(self, worker_id: str) -> Worker:
         with self._read() as conn:
-            row = conn.execute(select(workers).where(workers.c.id == worker_id)).first()
-        if row is None:
+            columns = [workers.c[name] for name in WORKER_COLUMNS]
+            found = rows_to_workers(conn.execute(select(*columns).where(workers.c.id == worker_id)))
+        if not found:
             raise NotFound(f"no worker {worker_id}")
-        return _worker(row)
+        return found[0]
 
     def list_workers(
         self, pool: str | None = None, live_only: bool = False, since: float | None = None
@@ -1429,27 +1430,6 @@ def _prefix_range(column: Any, prefix: str, is_sqlite: bool) -> list[Any]:
     if is_sqlite:
         return [column >= prefix] + ([column < upper] if upper is not None else [])
     return [column.op("~>=~")(prefix)] + ([column.op("~<~")(upper)] if upper is not None else [])
-
-
-def _worker(row: Any) -> Worker:
-    return Worker(
-        id=row.id,
-        pool=row.pool,
-        queues=json.loads(row.queues),
-        host=row.host,
-        slots=row.slots,
-        job_id=row.job_id,
-        array_index=row.array_index,
-        submission=row.submission,
-        started_at=row.started_at,
-        expected_end=row.expected_end,
-        last_heartbeat=row.last_heartbeat,
-        state=WorkerState(row.state),
-        tasks_done=row.tasks_done,
-        busy_slots=row.busy_slots,
-        end_reason=row.end_reason,
-        ended_at=row.ended_at,
-    )
 
 
 def open_store(
