@@ -1,5 +1,5 @@
 import sys
 
-from hpcscale.cli import main
+from hpcscale.cli.main import main
 
 sys.exit(main())

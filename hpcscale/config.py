@@ -348,7 +348,7 @@ class ScheduleConfig(_Strict):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str) -> str:
-        from hpcscale.windows import parse_cron
+        from hpcscale.schedule import parse_cron
 
         parse_cron(value)
         return value

@@ -30,8 +30,8 @@ import hpcscale
 from hpcscale.config import PoolConfig, Settings, format_slurm_time
 from hpcscale.errors import ConfigError
 from hpcscale.schedulers.base import check_tag, job_name
-from hpcscale.schedulers.local import launch_argv
-from hpcscale.schedulers.slurm import sbatch_argv
+from hpcscale.schedulers.local.adapter import launch_argv
+from hpcscale.schedulers.slurm.adapter import sbatch_argv
 
 TEMPLATES = {"slurm": "slurm-worker.sh", "pyslurm": "slurm-worker.sh", "local": "local-worker.sh"}
 

@@ -126,7 +126,7 @@ def threaded_server(database: str, **server: object) -> Iterator[LiveServer]:
     `server`: more [server] keys."""
     import uvicorn
 
-    from hpcscale.server import create_app
+    from hpcscale.server.app import create_app
 
     port = free_port()
     address = {"url": f"http://127.0.0.1:{port}", "bind": f"127.0.0.1:{port}"}

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcscale import config
+from hpcscale.cli.demo import wait_healthy
 from hpcscale.client import Client
-from hpcscale.demo import wait_healthy
 from hpcscale.errors import HpcscaleError
 from hpcscale.models import Role
 from hpcscale.tokens import write_secret

@@ -37,14 +37,14 @@ def make_scheduler(pool: PoolConfig, manager_name: str, state_dir: Path) -> Sche
     """The adapter for `pool`. `state_dir` is used by the local scheduler only (its
     `local/` subdirectory holds the element records that survive restarts)."""
     if pool.scheduler == "slurm":
-        from hpcscale.schedulers.slurm import SlurmScheduler
+        from hpcscale.schedulers.slurm.adapter import SlurmScheduler
 
         return SlurmScheduler(manager_name, pool.name, throttle=pool.slurm.array_throttle)
     if pool.scheduler == "pyslurm":
-        from hpcscale.schedulers.pyslurm import PyslurmScheduler
+        from hpcscale.schedulers.slurm.pyslurm import PyslurmScheduler
 
         return PyslurmScheduler(manager_name, pool.name, throttle=pool.slurm.array_throttle)
-    from hpcscale.schedulers.local import LocalScheduler
+    from hpcscale.schedulers.local.adapter import LocalScheduler
 
     return LocalScheduler(
         manager_name,
