@@ -61,10 +61,10 @@ from sqlalchemy import Index
 
 from bench import report
 from hpcscale import proc
+from hpcscale.cli.demo import wait_healthy
 from hpcscale.client import Client
 from hpcscale.config import Settings, from_mapping, worker_token_file
-from hpcscale.demo import wait_healthy
-from hpcscale.manager import ComputeManager
+from hpcscale.manager.loop import ComputeManager
 from hpcscale.models import (
     CycleView,
     DecisionRecord,

@@ -16,7 +16,7 @@ import platform
 import sys
 import time
 
-from hpcscale.simulate import example_pool, scenario_tasks, simulate
+from hpcscale.sim.engine import example_pool, scenario_tasks, simulate
 
 LIMIT = 10.0
 

@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:  # `python bench/wakeup.py` from a source tree, in
 
 from hpcscale import config  # noqa: E402
 from hpcscale.schedulers import make_scheduler  # noqa: E402
-from hpcscale.schedulers.localstate import alive, pid_of, read_json  # noqa: E402
+from hpcscale.schedulers.local.records import alive, pid_of, read_json  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 from bench import report as bench_report  # noqa: E402
