@@ -248,6 +248,7 @@ def keep_workers(rules: PoolRules, obs: Observation, needed: int) -> tuple[int, 
 
 
 def decide(rules: PoolRules, obs: Observation) -> Decision:
+    """The sizing rule's stages in order; each appends the reasons `why` prints."""
     floor, cap = effective_bounds(rules, obs)
     needed, reasons = needed_workers(rules, obs)
     needed, kept = keep_workers(rules, obs, needed)
@@ -255,6 +256,27 @@ def decide(rules: PoolRules, obs: Observation) -> Decision:
     desired = max(floor, min(needed, cap))
     if desired != needed:
         reasons.append(f"desired {desired} (bounds {floor}..{cap})")
+    in_flight = counted_in_flight(obs, reasons)
+    if obs.alarm:
+        reasons.append(f"ALARM {obs.alarm}")
+    if obs.blocked is not None:
+        reasons.append(f"pre-flight failed: {obs.blocked}")
+    held = held_by_control_or_preflight(obs, reasons)
+    if held is not None:
+        submit, cancel, state = held
+        return Decision(desired, submit, cancel, state, tuple(reasons), needed, in_flight)
+
+    submit, shortfall = submit_within_limits(rules, obs, desired - in_flight, cap, reasons)
+    state = _state(obs, desired, in_flight)
+    if submit == 0 and shortfall > 0 and any(b.allowance == 0 for b in obs.budgets):
+        state = PoolState.BUDGET_EXHAUSTED  # wants workers, none fits; running ones carry on
+    submit, state = through_the_breaker(obs, submit, state, reasons)
+    cancel = surplus_pending(rules, obs, desired, in_flight, reasons)
+    return Decision(desired, submit, cancel, state, tuple(reasons), needed, in_flight)
+
+
+def counted_in_flight(obs: Observation, reasons: list[str]) -> int:
+    """Workers that exist or will: what `desired` is compared with (leaving ones are replaced)."""
     in_flight = max(
         0, obs.unconfirmed + obs.pending + obs.starting + obs.registered - obs.leaving_soon
     )
@@ -262,45 +284,31 @@ def decide(rules: PoolRules, obs: Observation) -> Decision:
         f"in flight {in_flight} = {obs.unconfirmed} unconfirmed + {obs.pending} pending"
         f" + {obs.starting} starting + {obs.registered} registered - {obs.leaving_soon} leaving"
     )
+    return in_flight
 
-    if obs.alarm:
-        reasons.append(f"ALARM {obs.alarm}")
-    if obs.blocked is not None:
-        reasons.append(f"pre-flight failed: {obs.blocked}")
 
+def held_by_control_or_preflight(
+    obs: Observation, reasons: list[str]
+) -> tuple[int, int, PoolState] | None:
+    """(submit, cancel, state) when an admin's control or a failed pre-flight holds the pool."""
     if obs.control in ("drain", "exit"):
-        return Decision(
-            desired,
-            0,
-            obs.pending,
-            PoolState.DRAINING,
-            (*reasons, f"pool is {obs.control}ing: submit nothing, cancel pending"),
-            needed,
-            in_flight,
-        )
+        reasons.append(f"pool is {obs.control}ing: submit nothing, cancel pending")
+        return 0, obs.pending, PoolState.DRAINING
     if obs.control == "pause":
-        return Decision(
-            desired,
-            0,
-            0,
-            PoolState.PAUSED,
-            (*reasons, "pool is paused: submit nothing"),
-            needed,
-            in_flight,
-        )
+        reasons.append("pool is paused: submit nothing")
+        return 0, 0, PoolState.PAUSED
     if obs.blocked is not None:
-        return Decision(
-            desired,
-            0,
-            0,
-            PoolState.DEGRADED,
-            (*reasons, "submit nothing until the job script passes the scheduler's test"),
-            needed,
-            in_flight,
-        )
+        reasons.append("submit nothing until the job script passes the scheduler's test")
+        return 0, 0, PoolState.DEGRADED
+    return None
 
+
+def submit_within_limits(
+    rules: PoolRules, obs: Observation, shortfall: int, cap: int, reasons: list[str]
+) -> tuple[int, int]:
+    """(submit, shortfall): the shortfall clamped by every limit, naming the one that binds."""
     limits = {
-        "shortfall": desired - in_flight,
+        "shortfall": shortfall,
         "max_submit_per_cycle": rules.max_submit_per_cycle,
         "max_pending": rules.max_pending - obs.pending - obs.unconfirmed,
         "max_workers": cap - obs.all_in_flight,
@@ -311,45 +319,54 @@ def decide(rules: PoolRules, obs: Observation) -> Decision:
     for budget in obs.budgets:
         limits[f"{budget.kind}-hours budget"] = budget.allowance
     submit = max(0, min(limits.values()))
-    if submit < limits["shortfall"]:
-        binding = min(limits, key=lambda k: limits[k])
-        if binding == "max_submit_per_hour":
-            hourly = rules.max_submit_per_hour
-            ceiling = "" if hourly is None else f" of {hourly}"
-            reasons.append(
-                f"submit {submit}: capped by max_submit_per_hour"
-                f" ({obs.submit_allowance}{ceiling} left in the last hour)"
-            )
-        elif binding.endswith("-hours budget"):
-            budget = next(b for b in obs.budgets if f"{b.kind}-hours budget" == binding)
-            reasons.append(f"submit {submit}: capped by the {budget.describe()}")
-        else:
-            reasons.append(f"submit {submit}: capped by {binding}")
+    if submit < shortfall:
+        reasons.append(_binding_limit(rules, obs, submit, min(limits, key=lambda k: limits[k])))
     elif submit:
         reasons.append(f"submit {submit} to close the shortfall")
+    return submit, shortfall
 
-    state = _state(obs, desired, in_flight)
-    if submit == 0 and limits["shortfall"] > 0 and any(b.allowance == 0 for b in obs.budgets):
-        state = PoolState.BUDGET_EXHAUSTED  # wants workers, none fits; running ones carry on
-    if obs.breaker == "open" and submit:
-        reasons.append("breaker open after failed starts: submit nothing until the cooldown")
-        submit, state = 0, PoolState.DEGRADED
-    elif obs.breaker == "open":
-        state = PoolState.DEGRADED
-    elif obs.breaker == "probe":
-        state = PoolState.DEGRADED
+
+def _binding_limit(rules: PoolRules, obs: Observation, submit: int, binding: str) -> str:
+    if binding == "max_submit_per_hour":
+        hourly = rules.max_submit_per_hour
+        ceiling = "" if hourly is None else f" of {hourly}"
+        return (
+            f"submit {submit}: capped by max_submit_per_hour"
+            f" ({obs.submit_allowance}{ceiling} left in the last hour)"
+        )
+    if binding.endswith("-hours budget"):
+        budget = next(b for b in obs.budgets if f"{b.kind}-hours budget" == binding)
+        return f"submit {submit}: capped by the {budget.describe()}"
+    return f"submit {submit}: capped by {binding}"
+
+
+def through_the_breaker(
+    obs: Observation, submit: int, state: PoolState, reasons: list[str]
+) -> tuple[int, PoolState]:
+    """Open: submit nothing; probing: one worker at a time until one registers."""
+    if obs.breaker == "open":
+        if submit:
+            reasons.append("breaker open after failed starts: submit nothing until the cooldown")
+        return 0, PoolState.DEGRADED
+    if obs.breaker == "probe":
         if submit and obs.unconfirmed + obs.pending + obs.starting == 0:
             reasons.append("breaker probing after its cooldown: one worker to test the waters")
-            submit = 1
-        elif submit:
+            return 1, PoolState.DEGRADED
+        if submit:
             reasons.append("breaker probing: waiting for the probe worker to start")
-            submit = 0
+        return 0, PoolState.DEGRADED
+    return submit, state
 
-    cancel = 0
-    if rules.cancel_unneeded_pending and in_flight > desired and obs.pending:
-        cancel = min(obs.pending, in_flight - desired)
-        reasons.append(f"cancel {cancel} pending: the backlog no longer needs them")
-    return Decision(desired, submit, cancel, state, tuple(reasons), needed, in_flight)
+
+def surplus_pending(
+    rules: PoolRules, obs: Observation, desired: int, in_flight: int, reasons: list[str]
+) -> int:
+    """Pending elements the backlog no longer needs, to cancel before they start."""
+    if not (rules.cancel_unneeded_pending and in_flight > desired and obs.pending):
+        return 0
+    cancel = min(obs.pending, in_flight - desired)
+    reasons.append(f"cancel {cancel} pending: the backlog no longer needs them")
+    return cancel
 
 
 def _state(obs: Observation, desired: int, in_flight: int) -> PoolState:
