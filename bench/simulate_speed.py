@@ -16,7 +16,8 @@ import platform
 import sys
 import time
 
-from hpcscale.sim.engine import example_pool, scenario_tasks, simulate
+from hpcscale.sim.engine import simulate
+from hpcscale.sim.workloads import example_pool, scenario_tasks
 
 LIMIT = 10.0
 

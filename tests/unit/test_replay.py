@@ -22,7 +22,8 @@ from hpcscale.manager.loop import ComputeManager
 from hpcscale.models import Control, PoolUpdate, TaskSpec, TaskState
 from hpcscale.policy import Decision, Observation, PoolState
 from hpcscale.schedulers import make_scheduler
-from hpcscale.sim.engine import ClusterModel, Simulation, scenario_tasks
+from hpcscale.sim.engine import Simulation
+from hpcscale.sim.workloads import ClusterModel, scenario_tasks
 from tests.services import ServerProcess
 from tests.slurm_fixtures import wait_for
 

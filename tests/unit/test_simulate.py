@@ -1,8 +1,8 @@
 """The simulator: hand-computed runs, the hard max under stress, determinism, the CLI.
 
-The hand-computed cases follow the real worker's loop (worker.py): after its last task a worker
-claims at once, then every empty_claim_sleep; the max_empty_claims-th empty claim ends it, so an
-idle worker leaves (max_empty_claims - 1) x empty_claim_sleep after its last task.
+The hand-computed cases follow the real worker's loop (hpcscale/worker): after its last task a
+worker claims at once, then every empty_claim_sleep; the max_empty_claims-th empty claim ends it,
+so an idle worker leaves (max_empty_claims - 1) x empty_claim_sleep after its last task.
 """
 
 from __future__ import annotations
@@ -13,21 +13,20 @@ from typing import Any
 
 import pytest
 
+from hpcscale.cli import main as cli
 from hpcscale.config import ManagerConfig, PoolConfig, SlurmConfig, WorkerConfig, load
 from hpcscale.policy import decide, rules_from_pool
-from hpcscale.sim.engine import (
+from hpcscale.sim.engine import Simulation, simulate
+from hpcscale.sim.results import SimResult
+from hpcscale.sim.workloads import (
     SCENARIOS,
     ClusterModel,
     QueueWait,
-    SimResult,
     SimTask,
-    Simulation,
     example_pool,
-    main,
     read_swf_waits,
     read_trace,
     scenario_tasks,
-    simulate,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.toml"
@@ -50,6 +49,11 @@ def pool(**changes: Any) -> PoolConfig:
 def cluster(wait: float = 0.0, latency: float = 0.0, **changes: Any) -> ClusterModel:
     changes.setdefault("queue_wait", QueueWait("fixed", wait))
     return ClusterModel(start_latency=latency, **changes)
+
+
+def main(argv: list[str]) -> int:
+    """`hpcscale simulate ARGV...` as the command line runs it (exit code, errors printed)."""
+    return cli.main(["simulate", *argv])
 
 
 def run(tasks: list[SimTask], *pools: PoolConfig, **options: Any) -> SimResult:
@@ -301,17 +305,17 @@ def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert out.stat().st_size > 10_000
 
 
-def test_add_command_registers_on_a_parser() -> None:
+def test_add_parsers_registers_on_a_parser() -> None:
     import argparse
 
-    from hpcscale.sim import engine as module
+    from hpcscale.cli import simulate as module
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config")
     listing = argparse.ArgumentParser(add_help=False)
     listing.add_argument("--json", action="store_true")
     parser = argparse.ArgumentParser()
-    module.add_command(parser.add_subparsers(dest="command"), common, listing)
+    module.add_parsers(parser.add_subparsers(dest="command"), common, listing)
     args = parser.parse_args(["simulate", "--scenario", "steady", "--json", "--seed", "4"])
     assert args.func is module.cmd_simulate
     assert args.seed == 4 and args.json

@@ -1,0 +1,159 @@
+"""`hpcscale simulate`: a config's pools on a workload, before trusting them with an allocation.
+
+Why here: flags, files and printing are the command's; the simulator (hpcscale.sim) takes plain
+values and returns a result, so tests and benches drive it without a command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from hpcscale import config
+from hpcscale.config import PoolConfig
+from hpcscale.errors import ConfigError
+from hpcscale.sim.engine import WAKE_MODES, simulate
+from hpcscale.sim.results import format_text, plot
+from hpcscale.sim.workloads import (
+    DEFAULT_MAX_ARRAY_SIZE,
+    SCENARIOS,
+    ClusterModel,
+    QueueWait,
+    SimTask,
+    example_pool,
+    read_swf_waits,
+    read_trace,
+    scenario_tasks,
+)
+
+
+def add_parsers(
+    sub: Any, common: argparse.ArgumentParser, listing: argparse.ArgumentParser
+) -> None:
+    """Register `hpcscale simulate` on the main parser's subcommands."""
+    p = sub.add_parser(
+        "simulate",
+        parents=[common, listing],
+        help="simulate the pools of a config on a workload, with the real policy",
+        description="A discrete-event simulation of the config's pools (or a built-in example "
+        "pool) on a synthetic scenario or a trace: the manager's real decisions, workers that "
+        "claim and end themselves as the real ones do, a model of Slurm's queue. Scenarios: "
+        + "; ".join(f"{s.name}: {s.about} ({s.size} tasks)" for s in SCENARIOS.values()),
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--scenario", choices=list(SCENARIOS), help="a built-in workload")
+    source.add_argument("--trace", metavar="FILE.csv", help="CSV: arrival,duration[,queue]")
+    p.add_argument("--tasks", type=int, help="the scenario's size (default: its own)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--pool", action="append", help="simulate only this pool (repeatable)")
+    p.add_argument("--queue-wait", default="fixed:30s", help="fixed:D or exp:MEAN (fixed:30s)")
+    p.add_argument(
+        "--queue-wait-trace",
+        metavar="FILE.swf",
+        help="draw queue waits from an SWF trace's wait times",
+    )
+    p.add_argument("--start-latency", default="5s", help="job start -> worker registered (5s)")
+    p.add_argument(
+        "--failed-starts",
+        type=float,
+        default=0.0,
+        help="probability that a started job never registers a worker (0)",
+    )
+    p.add_argument("--sbatch-latency", default="0s", help="sbatch -> jobs visible (0s)")
+    p.add_argument(
+        "--max-array-size",
+        type=int,
+        default=DEFAULT_MAX_ARRAY_SIZE,
+        help=f"Slurm's MaxArraySize ({DEFAULT_MAX_ARRAY_SIZE})",
+    )
+    p.add_argument(
+        "--wake",
+        choices=WAKE_MODES,
+        default="empty",
+        help="cycle at once when a task arrives: into an empty backlog (empty, the default), "
+        "on every new task (any: what the manager's long-poll on the submit sequence does), "
+        "never (none: every poll_interval only)",
+    )
+    p.add_argument(
+        "--horizon", default="30d", help="stop simulating this long after the first task (30d)"
+    )
+    p.add_argument("--plot", metavar="OUT.png", help="draw backlog and workers over time")
+    p.set_defaults(func=cmd_simulate)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    pools = _pools(settings, args.pool)
+    tasks, source, notes = _workload(args, pools)
+    cluster = ClusterModel(
+        queue_wait=_queue_wait(args),
+        start_latency=_duration_arg("--start-latency", args.start_latency),
+        failed_start=_probability(args.failed_starts),
+        sbatch_latency=_duration_arg("--sbatch-latency", args.sbatch_latency),
+        max_array_size=max(1, args.max_array_size),
+    )
+    result = simulate(
+        tasks,
+        pools,
+        manager=settings.manager,
+        cluster=cluster,
+        seed=args.seed,
+        horizon=_duration_arg("--horizon", args.horizon),
+        wake=args.wake,
+        source=source,
+    )
+    result.notes[:0] = [*notes, f"queue wait {cluster.queue_wait.describe()}"]
+    if args.plot:
+        plot(result, args.plot)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_text(result))
+    return 0
+
+
+def _pools(settings: config.Settings, names: Sequence[str] | None) -> list[PoolConfig]:
+    pools = list(settings.pools) or [example_pool()]
+    if names:
+        known = {p.name: p for p in pools}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise ConfigError(
+                [f"--pool: no pool named {', '.join(missing)} (known: {', '.join(known)})"]
+            )
+        pools = [known[n] for n in names]
+    return pools
+
+
+def _workload(
+    args: argparse.Namespace, pools: Sequence[PoolConfig]
+) -> tuple[list[SimTask], str, list[str]]:
+    """The tasks; a scenario's queue no pool serves moves to the first pool's first queue."""
+    if args.trace:
+        return read_trace(args.trace), f"trace {args.trace}", []
+    tasks = scenario_tasks(args.scenario, args.seed, args.tasks)
+    served = {q for p in pools for q in p.queues}
+    target = pools[0].queues[0]
+    moved = sorted({t.queue for t in tasks if t.queue not in served})
+    if moved:
+        tasks = [t if t.queue in served else t._replace(queue=target) for t in tasks]
+    notes = [f"scenario queue {q!r} runs on queue {target!r} (no pool serves it)" for q in moved]
+    return tasks, f"scenario {args.scenario}", notes
+
+
+def _queue_wait(args: argparse.Namespace) -> QueueWait:
+    if args.queue_wait_trace:
+        return QueueWait.from_samples(read_swf_waits(args.queue_wait_trace))
+    return QueueWait.parse(args.queue_wait)
+
+
+def _duration_arg(name: str, value: str) -> float:
+    try:
+        return config.parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError([f"{name}: {exc}"]) from exc
+
+
+def _probability(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(["--failed-starts: must be a probability between 0 and 1"])
+    return value
