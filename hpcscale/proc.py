@@ -1,4 +1,6 @@
-"""The one place hpcscale starts a subprocess: argv list, timeout, errors that say everything."""
+"""The one place hpcscale starts, waits on or signals a process: argv list, timeout, errors that
+say everything. Keeping it to one module is what lets a test prove nothing else does (no shell,
+no stray kill)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,16 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, Any, TypeAlias
 
 from hpcscale.errors import CommandError, CommandTimeout
+
+# A process started by `spawn`, for callers that keep it (poll, returncode, pid) without
+# importing subprocess themselves.
+Process: TypeAlias = subprocess.Popen[bytes]
+# For `spawn(stderr=STDOUT)`: the process's errors go where its output goes.
+STDOUT = subprocess.STDOUT
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,7 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     die_with_parent: bool = False,
-) -> subprocess.Popen[bytes]:
+) -> Process:
     """Start argv detached in its own process group (so it can be killed as a whole).
 
     For processes that outlive the call (task runs, local job elements); the caller waits.
@@ -126,3 +135,32 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
     """Signal a whole process group; a group already gone is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def wait(process: Process, timeout: float) -> int | None:
+    """The exit code of `process` if it ends within `timeout` seconds, else None (still running)."""
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def signal_process(pid: int, sig: int) -> None:
+    """Signal one process (not its group); a process already gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def is_alive(pid: int) -> bool:
+    """Whether `pid` names a live process. One that exists but is not ours counts as alive; a
+    zombie (ended, not yet reaped) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:  # no /proc (macOS): existence is all we can tell
+        return True

@@ -1,10 +1,10 @@
 """A real scheduler on this machine, for laptops, demos and tests.
 
-Each array element is a detached supervisor process (`local_supervisor`) in its own session
+Each array element is a detached supervisor process (`local.supervisor`) in its own session
 that waits for one of `slots` slots, runs the job script with bash in a process group of its own
 with Slurm-like variables (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_JOB_ID, SLURM_JOB_ID="<job>_<index>",
 HPCSCALE_LOCAL_JOB_ID), enforces the time limit and records the end in the state directory.
-Everything is in files (see `localstate`), so a new LocalScheduler on the same directory, in
+Everything is in files (see `local.records`), so a new LocalScheduler on the same directory, in
 another process, reports the same states after the submitter is gone.
 
 The script's environment is a short allow-list (PATH, HOME, USER, LANG, ...) plus those
@@ -13,11 +13,9 @@ variables, like Slurm's --export=NONE: nothing else of the submitter leaks into 
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -76,6 +74,17 @@ def launch_argv(job_dir: Path, index: int) -> list[str]:
     return [sys.executable, "-m", "hpcscale.schedulers.local.supervisor", str(job_dir), str(index)]
 
 
+def _supervisor_env() -> dict[str, str]:
+    """Ours, with PYTHONPATH leading to this hpcscale: the supervisor must import it even when
+    it is not installed (a source tree)."""
+    env = dict(os.environ)
+    source_root = str(Path(hpcscale.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (source_root, os.environ.get("PYTHONPATH", "")) if p
+    )
+    return env
+
+
 class LocalScheduler(Scheduler):
     """One pool on this machine; `status` covers every pool of the manager in `state_dir`."""
 
@@ -101,7 +110,7 @@ class LocalScheduler(Scheduler):
         self.signal_margin = signal_margin
         self.kill_wait = kill_wait
         self.slots = slots or max(4, os.cpu_count() or 1)
-        self._children: list[subprocess.Popen[bytes]] = []
+        self._children: list[proc.Process] = []
         self._lock = threading.Lock()
 
     @property
@@ -146,12 +155,7 @@ class LocalScheduler(Scheduler):
             "supervisors": {},
         }
         write_json(job_dir / "job.json", job)
-        supervisor_env = dict(os.environ)
-        # The supervisor must import hpcscale even when it is not installed (a source tree).
-        source_root = str(Path(hpcscale.__file__).resolve().parent.parent)
-        supervisor_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (source_root, os.environ.get("PYTHONPATH", "")) if p
-        )
+        supervisor_env = _supervisor_env()
         for index in range(count):
             try:
                 with (job_dir / f"{index}.supervisor.log").open("ab") as errors:
@@ -209,22 +213,8 @@ class LocalScheduler(Scheduler):
         state = LOCAL_STATES.get(str(record.get("state", "")), S.PENDING)
         reason = str(record.get("reason") or "")
         code = record.get("exit_code")
-        if state not in (S.PENDING, S.RUNNING):
-            pass  # recorded end: final
-        else:
-            supervisor = record.get("supervisor") or job.get("supervisors", {}).get(str(index))
-            if alive(supervisor):
-                pass
-            elif not record and time.time() - float(job["created"]) < BOOT_GRACE:
-                reason = "starting"
-            elif alive(record.get("child")):
-                state, reason = self._orphan(job, record)
-            elif cancel_mode(job_dir, index) is not None:
-                state, reason = S.CANCELLED, "cancelled (supervisor stopped)"
-            elif not record:
-                state, reason = S.BOOT_FAIL, "the element's supervisor never started"
-            else:
-                state, reason = S.FAILED, "the element's supervisor died"
+        if state in (S.PENDING, S.RUNNING):  # a recorded end is final; these need a witness
+            state, reason = self._unless_supervisor_gone(job_dir, job, index, record, state, reason)
         return ElementStatus(
             job_id=str(job["job_id"]),
             array_index=index,
@@ -236,6 +226,30 @@ class LocalScheduler(Scheduler):
             exit_code=code if isinstance(code, int) else None,
         )
 
+    def _unless_supervisor_gone(
+        self,
+        job_dir: Path,
+        job: dict[str, Any],
+        index: int,
+        record: dict[str, Any],
+        state: ElementState,
+        reason: str,
+    ) -> tuple[ElementState, str]:
+        """A pending or running record is only as true as its supervisor is alive: without
+        it, say what became of the element (still booting, orphaned script, cancelled, dead)."""
+        supervisor = record.get("supervisor") or job.get("supervisors", {}).get(str(index))
+        if alive(supervisor):
+            return state, reason
+        if not record and time.time() - float(job["created"]) < BOOT_GRACE:
+            return state, "starting"
+        if alive(record.get("child")):
+            return self._orphan(job, record)
+        if cancel_mode(job_dir, index) is not None:
+            return S.CANCELLED, "cancelled (supervisor stopped)"
+        if not record:
+            return S.BOOT_FAIL, "the element's supervisor never started"
+        return S.FAILED, "the element's supervisor died"
+
     def _orphan(self, job: dict[str, Any], record: dict[str, Any]) -> tuple[ElementState, str]:
         """The supervisor died but the script runs on: it still holds its slot (RUNNING, so it
         counts against the hard max and `cancel` can end it) until its time limit, when
@@ -243,8 +257,7 @@ class LocalScheduler(Scheduler):
         started = float(record.get("started_at") or job["created"])
         pid = pid_of(record.get("child"))
         if pid and time.time() > started + float(job["time_limit"]) + float(job["kill_wait"]):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+            proc.kill_group(pid)
             return S.FAILED, "the element's supervisor died; killed at the time limit"
         return S.RUNNING, "the element's supervisor died; the script still runs"
 
@@ -287,8 +300,6 @@ class LocalScheduler(Scheduler):
         supervisor = record.get("supervisor") or job.get("supervisors", {}).get(str(index))
         supervisor_pid, child_pid = pid_of(supervisor), pid_of(record.get("child"))
         if supervisor_pid and alive(supervisor):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(supervisor_pid, signal.SIGTERM)
+            proc.signal_process(supervisor_pid, signal.SIGTERM)
         elif child_pid and alive(record.get("child")):  # supervisor gone, script running
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child_pid, signal.SIGKILL)
+            proc.kill_group(child_pid)

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hpcscale import proc
+
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomic: readers see the old or the new file, never half of one."""
@@ -46,13 +48,7 @@ def proc_identity(pid: int) -> str | None:
         if not fields or fields[0] in ("Z", "X"):
             return None
         return f"{pid}:{fields[19]}"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return f"{pid}:?"
+    return f"{pid}:?" if proc.is_alive(pid) else None
 
 
 def alive(identity: str | None) -> bool:
@@ -64,6 +60,7 @@ def alive(identity: str | None) -> bool:
 
 
 def pid_of(identity: str | None) -> int | None:
+    """The pid part of an identity, to signal it once `alive` has vouched for it."""
     if not identity:
         return None
     pid_text = identity.split(":", 1)[0]

@@ -12,11 +12,9 @@ the group is killed when the script exits (Slurm's proctrack does the same).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +35,9 @@ POLL = 0.05
 
 
 class Supervisor:
+    """One element's whole life, as Slurm's slurmstepd would live it: the only writer of the
+    element's record."""
+
     def __init__(self, job_dir: Path, index: int) -> None:
         job = read_json(job_dir / "job.json")
         if job is None:
@@ -102,8 +103,10 @@ class Supervisor:
         with slot:
             return self._run_script()
 
-    def _run_script(self) -> int:
+    def _script_env(self) -> dict[str, str]:
+        """The job's allow-listed environment plus the variables Slurm gives an element."""
         env = dict(self.job["env"])
+        element_id = f"{self.job['job_id']}_{self.index}"
         env.update(
             {
                 "SLURM_ARRAY_TASK_ID": str(self.index),
@@ -111,19 +114,22 @@ class Supervisor:
                 "SLURM_ARRAY_TASK_MIN": "0",
                 "SLURM_ARRAY_TASK_MAX": str(int(self.job["count"]) - 1),
                 "SLURM_ARRAY_JOB_ID": str(self.job["job_id"]),
-                "SLURM_JOB_ID": f"{self.job['job_id']}_{self.index}",
+                "SLURM_JOB_ID": element_id,
                 "SLURM_JOB_NAME": str(self.job["name"]),
-                "HPCSCALE_LOCAL_JOB_ID": f"{self.job['job_id']}_{self.index}",
+                "HPCSCALE_LOCAL_JOB_ID": element_id,
             }
         )
+        return env
+
+    def _run_script(self) -> int:
         out_path = self.job_dir / f"{self.index}.out"
         with out_path.open("ab") as out:
             try:
                 child = proc.spawn(
                     ["/bin/bash", str(self.job_dir / "script.sh")],
                     stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
+                    stderr=proc.STDOUT,
+                    env=self._script_env(),
                     cwd=self.job.get("cwd") or None,
                 )
             except CommandError as exc:
@@ -132,22 +138,14 @@ class Supervisor:
         started = time.time()
         self._save(state="running", child=proc_identity(child.pid), started_at=started, reason="")
         why = self._watch(child, time.monotonic())
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signal.SIGKILL)  # leftovers of the group
+        proc.kill_group(child.pid)  # leftovers of the group
         code = child.returncode
-        if why == "cancelled":
-            state, reason = "cancelled", "cancelled"
-        elif why == "timeout":
-            state, reason = "timeout", "time limit reached"
-        elif code == 0:
-            state, reason = "completed", ""
-        else:
-            state = "failed"
-            reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        state, reason = final_state(why, code)
         self._save(state=state, ended_at=time.time(), exit_code=code, reason=reason)
         return 0
 
-    def _watch(self, child: subprocess.Popen[bytes], start: float) -> str:
+    def _watch(self, child: proc.Process, start: float) -> str:
+        """Signal the script as Slurm would until it exits; why it was stopped, or ''."""
         limit = float(self.job["time_limit"])
         margin = float(self.job["signal_margin"])
         kill_wait = float(self.job["kill_wait"])
@@ -158,24 +156,32 @@ class Supervisor:
             now = time.monotonic()
             if term_at is None and self._cancelled(started=True):
                 why, term_at = "cancelled", now
-                _signal_group(child.pid, signal.SIGTERM)
+                proc.kill_group(child.pid, signal.SIGTERM)
             if usr1_at is not None and now >= usr1_at:
                 usr1_at = None
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signal.SIGUSR1)
+                proc.signal_process(child.pid, signal.SIGUSR1)
             if term_at is None and now >= start + limit:
                 why, term_at = "timeout", now
-                _signal_group(child.pid, signal.SIGTERM)
+                proc.kill_group(child.pid, signal.SIGTERM)
             if term_at is not None and now >= term_at + kill_wait:
-                _signal_group(child.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(POLL)
+                proc.kill_group(child.pid, signal.SIGKILL)
+            proc.wait(child, POLL)
         return why
 
 
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
+def final_state(why: str, code: int | None) -> tuple[str, str]:
+    """The record's final (state, reason) from why the watch stopped the script and its exit
+    code: a stop we caused names itself; otherwise the exit code decides."""
+    if why == "cancelled":
+        return "cancelled", "cancelled"
+    if why == "timeout":
+        return "timeout", "time limit reached"
+    if code == 0:
+        return "completed", ""
+    return (
+        "failed",
+        f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
