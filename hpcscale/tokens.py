@@ -64,3 +64,8 @@ def read_token(path_text: str, key: str = TOKEN_KEY) -> str:
     if not token:
         raise ConfigError([f"{key}: {path} is empty"])
     return token
+
+
+def token_for(path_text: str, key: str = TOKEN_KEY) -> str:
+    """$HPCSCALE_TOKEN when set (a user's own session, a CI secret), else the token file's."""
+    return os.environ.get("HPCSCALE_TOKEN") or read_token(path_text, key)

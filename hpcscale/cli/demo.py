@@ -7,23 +7,24 @@ computed from the store's own records (tasks, workers started, worker-seconds, i
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
 import random
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from hpcscale import proc
 from hpcscale.client import Client
-from hpcscale.errors import HpcscaleError
+from hpcscale.errors import ConfigError, HpcscaleError
 from hpcscale.models import TaskSpec, TaskState, Worker
 
 CONFIG = """\
@@ -58,6 +59,26 @@ empty_claim_sleep = "1s"
 heartbeat_interval = "2s"
 output_dir = "{root}/task-output"
 """
+
+
+def add_parsers(
+    sub: Any, common: argparse.ArgumentParser, listing: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "demo",
+        parents=[listing],
+        help="the whole loop on this machine: embedded store, local workers",
+    )
+    p.add_argument("--tasks", type=int, default=40, help="tasks in the burst")
+    p.add_argument("--max-workers", type=int, default=4, help="the pool's cap")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.tasks < 1 or args.max_workers < 1:
+        raise ConfigError(["demo: --tasks and --max-workers must be ≥ 1"])
+    summary = run_demo(args.tasks, args.max_workers, as_json=args.json)
+    return 0 if summary.succeeded == summary.tasks else 1
 
 
 @dataclass(frozen=True)
@@ -124,7 +145,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_healthy(url: str, process: proc.Process, timeout: float = 30.0) -> None:
     """Until the server process we started answers /healthz; an error if it dies or stalls."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -151,11 +172,10 @@ def run_demo(
     say = (lambda _text: None) if as_json else print
     say(f"hpcscale demo: server and manager on {url}, files in {root}")
     log = (root / "serve.log").open("ab")
-    serve = subprocess.Popen(  # noqa: S603 - our own CLI, argv list
+    serve = proc.spawn(
         [sys.executable, "-m", "hpcscale", "serve", "--allow-root", "--config", str(config)],
         stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        stderr=proc.STDOUT,
     )
     try:
         wait_healthy(url, serve)
@@ -163,11 +183,9 @@ def run_demo(
         with Client(url, token) as client:
             return _drive(client, root, tasks, max_workers, seed, say, as_json)
     finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
+        proc.kill_group(serve.pid, signal.SIGTERM)
+        if proc.wait(serve, timeout=30) is None:
+            proc.kill_group(serve.pid, signal.SIGKILL)
         log.close()
 
 

@@ -1,0 +1,171 @@
+"""The task commands a user types every day: submit, tasks (and `tasks show ID`), cancel, events."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hpcscale import config
+from hpcscale.cli import display
+from hpcscale.cli.common import emit, load_settings, make_client, parse_duration_arg
+from hpcscale.errors import ConfigError
+from hpcscale.models import TaskSpec
+
+SUBMIT_CHUNK = 1000
+
+
+def add_parsers(
+    sub: Any, common: argparse.ArgumentParser, listing: argparse.ArgumentParser
+) -> None:
+    _add_submit(sub, common, listing)
+
+    p = sub.add_parser("tasks", parents=[common, listing], help="list tasks, or `tasks show ID`")
+    p.add_argument(
+        "--state", default=None, help="waiting, running, succeeded, failed, dead, cancelled"
+    )
+    p.add_argument("--queue", default=None)
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--after", type=int, default=0, help="only ids above this (paging)")
+    tsub = p.add_subparsers(dest="tasks_command", metavar="show")
+    show = tsub.add_parser("show", parents=[common, listing], help="one task in full")
+    show.add_argument("id", type=int)
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("cancel", parents=[common, listing], help="cancel tasks by id")
+    p.add_argument("ids", type=int, nargs="+")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("events", parents=[common, listing], help="the event log, newest last")
+    p.add_argument("--kind-prefix", default=None, help="e.g. task. or worker.lost")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--task", type=int, default=None, help="only this task's events")
+    p.set_defaults(func=cmd_events)
+
+
+def _add_submit(
+    sub: Any, common: argparse.ArgumentParser, listing: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "submit",
+        parents=[common, listing],
+        help="submit tasks",
+        description="Submit one task (argv after --) or many (--file tasks.jsonl).",
+    )
+    p.add_argument("--queue", default=None, help="queue (default: default)")
+    p.add_argument("--priority", type=int, default=None, help="higher runs first")
+    p.add_argument("--slots", type=int, default=None, help="slots the task needs on a worker")
+    p.add_argument("--max-attempts", type=int, default=None, help="tries before `dead`")
+    p.add_argument("--timeout", default=None, help="kill the task after this long (e.g. 10m)")
+    p.add_argument("--cwd", default=None, help="working directory of the task")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for the task (repeatable)",
+    )
+    p.add_argument("--file", type=Path, help="JSONL file, one JSON task a line")
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND ARG...")
+    p.set_defaults(func=cmd_submit)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    specs = _specs(args)
+    ids: list[int] = []
+    with make_client(args, settings) as client:
+        show_progress = len(specs) > SUBMIT_CHUNK and sys.stderr.isatty() and not args.json
+        for start in range(0, len(specs), SUBMIT_CHUNK):
+            ids += client.submit(specs[start : start + SUBMIT_CHUNK]).ids
+            if show_progress:
+                print(f"\rsubmitted {len(ids)}/{len(specs)}", end="", file=sys.stderr)
+        if show_progress:
+            print(file=sys.stderr)
+    emit(args, {"ids": ids}, lambda: _submitted_text(ids))
+    return 0
+
+
+def _specs(args: argparse.Namespace) -> list[TaskSpec]:
+    """The tasks to send, all checked before anything is sent."""
+    from hpcscale.cli.taskfile import read_tasks
+
+    defaults = _task_defaults(args)
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if args.file and argv:
+        raise ConfigError(["submit: give either --file or a command after --, not both"])
+    if args.file:
+        return read_tasks(args.file, defaults)
+    if not argv:
+        raise ConfigError(["submit: nothing to submit: give -- COMMAND ARG... or --file FILE"])
+    try:
+        return [TaskSpec(command=argv, **defaults)]
+    except ValidationError as exc:
+        raise ConfigError(config.describe(exc)) from exc
+
+
+def _submitted_text(ids: list[int]) -> str:
+    if len(ids) == 1:
+        return f"submitted task {ids[0]}"
+    return f"submitted {len(ids)} tasks ({ids[0]}..{ids[-1]})"
+
+
+def _task_defaults(args: argparse.Namespace) -> dict[str, object]:
+    defaults: dict[str, object] = {}
+    for key in ("queue", "priority", "slots", "max_attempts", "cwd"):
+        value = getattr(args, key)
+        if value is not None:
+            defaults[key] = value
+    if args.timeout is not None:
+        defaults["timeout"] = parse_duration_arg("--timeout", args.timeout)
+    if args.env:
+        env = {}
+        for item in args.env:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError([f"--env: {item!r} must be KEY=VALUE"])
+            env[key] = value
+        defaults["env"] = env
+    return defaults
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    with make_client(args) as client:
+        if args.tasks_command == "show":
+            task = client.get_task(args.id)
+            emit(args, task, lambda: display.task_detail(task))
+            return 0
+        tasks = client.list_tasks(
+            state=args.state, queue=args.queue, limit=args.limit, after=args.after
+        )
+    emit(args, tasks, lambda: display.tasks_table(tasks) if tasks else "no tasks")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with make_client(args) as client:
+        cancelled = client.cancel(args.ids)
+    missed = sorted(set(args.ids) - set(cancelled))
+    emit(
+        args,
+        {"cancelled": cancelled, "not_cancelled": missed},
+        lambda: (
+            f"cancelled {len(cancelled)}: {' '.join(map(str, cancelled)) or '-'}"
+            + (
+                f"\nnot cancelled (unknown or already ended): {' '.join(map(str, missed))}"
+                if missed
+                else ""
+            )
+        ),
+    )
+    return 0 if not missed else 1
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    with make_client(args) as client:
+        events = client.events(kind_prefix=args.kind_prefix, limit=args.limit, task=args.task)
+    emit(args, events, lambda: display.events_table(events) if events else "no events")
+    return 0
