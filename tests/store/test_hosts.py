@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpcscale.cli import display
-from hpcscale.cli.main import status_data
+from hpcscale.cli.status import status_data
 from hpcscale.client import Client
 from hpcscale.models import Role, TaskResult, TaskSpec, WorkerRegistration
 from hpcscale.statestore import Store
