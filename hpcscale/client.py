@@ -4,6 +4,10 @@ Connection errors and 5xx answers are retried with jittered exponential backoff 
 `retry_for` seconds; 4xx answers are the caller's mistake and are raised at once. Submits carry
 an idempotency key that stays the same across retries, so a submit whose reply was lost is not
 stored twice.
+
+A refusal is raised as a ClientError (with its HTTP `status`) that is also the matching branch
+of the errors.py tree: 401/403 AuthError, 404 NotFound, 409 StaleLease; no answer (or 5xx after
+every retry) is ServerUnavailable.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from hpcscale.errors import ClientError, ServerUnavailable
+from hpcscale.errors import AuthError, ClientError, NotFound, ServerUnavailable, StaleLease
 from hpcscale.models import (
     Backlog,
     CancelReply,
@@ -68,6 +72,35 @@ from hpcscale.models import (
 )
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class Refused(ClientError):
+    """The server answered with a 4xx that has a branch of its own in the errors.py tree."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message, status)
+        self.status = status  # the second base (AuthError) sets its own default on the way
+
+
+class AuthRefused(Refused, AuthError):
+    """401: a missing, unknown or revoked token; 403: a role or queue the token may not use."""
+
+
+class NotFoundReply(Refused, NotFound):
+    """404: no such task, worker, pool or submission."""
+
+
+class StaleReply(Refused, StaleLease):
+    """409: the store's state moved on — a lease that is no longer live, a transition no longer
+    allowed — so what the caller acted on is stale."""
+
+
+REFUSALS: dict[int, type[Refused]] = {
+    401: AuthRefused,
+    403: AuthRefused,
+    404: NotFoundReply,
+    409: StaleReply,
+}
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -164,7 +197,8 @@ class Client:
                 response.status_code,
             )
         if response.status_code >= 400:
-            raise ClientError(
+            refused = REFUSALS.get(response.status_code, ClientError)
+            raise refused(
                 f"{method} {path}: {response.status_code} {_message(response)}",
                 response.status_code,
             )
@@ -273,9 +307,7 @@ class Client:
                 body=ResultsRequest(results=list(results)),
                 retry_for=retry_for,
             )
-        except ClientError as exc:
-            if exc.status != 409:
-                raise
+        except StaleReply:
             return [ResultOutcome(task_id=r.task_id, outcome="stale") for r in results]
         return ResultsReply.model_validate(raw).outcomes
 
