@@ -1,0 +1,87 @@
+"""One pool's measurements, turned into the policy's `Observation`.
+
+The policy decides on plain values and the simulator builds the same `Observation` from its
+model, so this is the one place where what the manager measured in the world (the store's
+answer, the view of the pool's elements, the safety inputs) becomes the policy's input. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hpcscale import estimate
+from hpcscale.config import PoolConfig
+from hpcscale.manager.elements import PoolView
+from hpcscale.manager.safety import Health
+from hpcscale.models import Backlog, Control, PoolInfo, PoolObservation, QueueStats
+from hpcscale.policy import Budget, Observation
+from hpcscale.schedule import active_window, pool_windows
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one pool's cycle measured before deciding: the policy's inputs and the record's."""
+
+    observed: PoolObservation  # the store's answer for the pool
+    view: PoolView
+    claimable: Backlog
+    est_duration: float
+    health: Health
+    blocked: str | None  # the pre-flight's refusal
+    budgets: tuple[Budget, ...]
+
+
+def observation(
+    pool: PoolConfig, measured: Measured, info: PoolInfo | None, now: float
+) -> Observation:
+    """`info`: the pool's controls in the store (None until an admin set one)."""
+    view, claimable = measured.view, measured.claimable
+    submitted = measured.observed.submitted  # this rolling hour's, refused ones not counted
+    return Observation(
+        now=now,
+        claimable=claimable.count,
+        claimable_slots=claimable.slots,
+        est_duration=measured.est_duration,
+        unconfirmed=view.unconfirmed,
+        pending=len(view.pending),
+        starting=len(view.starting),
+        registered=len(view.registered),
+        leaving_soon=view.leaving_soon,
+        control=info.control.value if info else Control.CONTINUE.value,
+        max_workers_override=info.max_workers_override if info else None,
+        breaker=measured.health.breaker,
+        blocked=measured.blocked,
+        window=active_window(pool_windows(pool.schedule, pool.max_workers), now),
+        submit_allowance=max(0, pool.submit_ceiling - submitted),
+        alarm=measured.health.alarm,
+        budgets=measured.budgets,
+    )
+
+
+def claimable_in(pool: PoolConfig, backlog: Sequence[Backlog]) -> Backlog:
+    """The claimable work in the pool's queues, summed."""
+    mine = [b for b in backlog if b.queue in pool.queues]
+    return Backlog(
+        queue=",".join(pool.queues),
+        count=sum(b.count for b in mine),
+        slots=sum(b.slots for b in mine),
+        oldest_age=max((b.oldest_age for b in mine), default=0.0),
+    )
+
+
+def task_duration(
+    pool: PoolConfig, backlog: Sequence[Backlog], stats_of: Sequence[QueueStats]
+) -> float:
+    """The pool's seconds per task: each queue's EWMA of recent run times (the pool's prior
+    while it has none), then their mean weighted by each queue's backlog (the longest queue's
+    when nothing waits)."""
+    counts = {b.queue: b.count for b in backlog}
+    known = {s.queue: s for s in stats_of}
+    per_queue = []
+    for queue in pool.queues:
+        stats = known[queue]
+        duration = estimate.task_duration(stats.recent_durations, pool.task_duration_prior)
+        per_queue.append((duration, counts.get(queue, 0)))
+    default = max((d for d, _ in per_queue), default=pool.task_duration_prior)
+    return estimate.blended_duration(per_queue, default)
