@@ -5,7 +5,7 @@ with the submission's tag, `test_submit` the same without creating anything (pre
 `status` of every element of this manager (one scheduler query per cycle for all pools),
 `cancel` whole submissions or pending elements only, plus the adapter's limits
 (`max_array_size`). Each adapter translates its own state codes into `ElementState` with a
-table next to it (see `slurm.SLURM_STATES`, `local.py`).
+table next to it (see `slurm/states.py`, `local/adapter.py`).
 
 Schedulers know nothing of the statestore: they take a script, a count and a tag, and report
 what the cluster says.

@@ -16,18 +16,16 @@ import pytest
 
 from hpcscale.errors import PermanentSubmitError, SchedulerError, TransientSchedulerError
 from hpcscale.schedulers.base import ElementState, split_count
-from hpcscale.schedulers.slurm.adapter import (
+from hpcscale.schedulers.slurm.adapter import SlurmScheduler, command_env, sbatch_argv
+from hpcscale.schedulers.slurm.parse import (
     REMAINDER,
-    SlurmScheduler,
-    classify,
-    command_env,
     expand_indices,
     parse_config,
     parse_job_id,
     parse_sacct,
     parse_squeue,
-    sbatch_argv,
 )
+from hpcscale.schedulers.slurm.states import classify
 from tests.slurm_fixtures import fake_command, require_slurm, script, unique, wait_for
 
 S = ElementState

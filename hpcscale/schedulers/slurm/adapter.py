@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -51,188 +50,31 @@ from hpcscale.schedulers.base import (
     manager_prefix,
     split_count,
 )
+from hpcscale.schedulers.slurm.parse import (
+    REMAINDER,
+    SQUEUE_FORMAT,
+    parse_config,
+    parse_job_id,
+    parse_sacct,
+    parse_squeue,
+    slurm_message,
+)
+from hpcscale.schedulers.slurm.states import classify
 
 log = logging.getLogger(__name__)
 S = ElementState
-
-# Slurm's job state codes (long form, as squeue %T and sacct State print them) -> ours.
-# Anything not listed maps to UNKNOWN, which counts as in flight.
-SLURM_STATES: dict[str, ElementState] = {
-    "PENDING": S.PENDING,
-    "CONFIGURING": S.PENDING,  # nodes booting for it: not yet running the script
-    "REQUEUED": S.PENDING,
-    "REQUEUE_HOLD": S.PENDING,
-    "REQUEUE_FED": S.PENDING,
-    "RESV_DEL_HOLD": S.PENDING,
-    "RUNNING": S.RUNNING,
-    "SUSPENDED": S.RUNNING,  # still holds its allocation
-    "STOPPED": S.RUNNING,
-    "SIGNALING": S.RUNNING,
-    "RESIZING": S.RUNNING,
-    "STAGE_OUT": S.COMPLETING,
-    "COMPLETING": S.COMPLETING,
-    "COMPLETED": S.COMPLETED,
-    "FAILED": S.FAILED,
-    "SPECIAL_EXIT": S.FAILED,
-    "TIMEOUT": S.TIMEOUT,
-    "DEADLINE": S.TIMEOUT,
-    "PREEMPTED": S.PREEMPTED,
-    "CANCELLED": S.CANCELLED,
-    "REVOKED": S.CANCELLED,  # a federated sibling ran it instead
-    "NODE_FAIL": S.NODE_FAIL,
-    "OUT_OF_MEMORY": S.OUT_OF_MEMORY,
-    "BOOT_FAIL": S.BOOT_FAIL,
-}
-
-# Errors after which the job may or may not exist: look the tag up, then maybe retry.
-TRANSIENT_PATTERNS = (
-    "socket timed out",
-    "unable to contact slurm controller",
-    "resource temporarily unavailable",
-    "slurm temporarily unable to accept job",
-    "communication connection failure",
-    "connection refused",
-    "zero bytes were transmitted or received",
-    "transport endpoint is not connected",
-    "slurmctld is not responding",
-    "try again",
-)
-# Refusals that will repeat: report them, never retry.
-PERMANENT_PATTERNS = (
-    "qosmaxsubmitjob",
-    "maxsubmitjob",
-    "assocmaxsubmitjob",
-    "job violates accounting/qos policy",
-    "invalid partition",
-    "invalid account",
-    "invalid qos",
-    "invalid wckey",
-    "invalid job array specification",
-    "invalid generic resource",
-    "invalid feature specification",
-    "invalid --",
-    "requested node configuration is not available",
-    "requested time limit is invalid",
-    "more processors requested than permitted",
-    "memory specification can not be satisfied",
-    "access/permission denied",
-    "user's group not permitted to use this partition",
-    "unrecognized option",
-    "unknown option",
-    "this does not look like a batch script",
-)
-
-SQUEUE_FORMAT = "%i|%F|%K|%T|%j|%k|%r"  # reason last: the only free text
-REMAINDER = -1  # array_index of an ended array's never-started elements, when not resolvable
-_RANGE_RE = re.compile(r"^\[?([0-9,\-]+)(?:%\d+)?\]?$")
+GONE_KEPT = 3600.0  # seconds a resolved vanished element is still reported, so looks agree
 
 
-def classify(text: str) -> str:
-    """'permanent', 'transient' or 'unknown' for an sbatch error text."""
-    low = text.lower()
-    if any(p in low for p in PERMANENT_PATTERNS):
-        return "permanent"
-    if any(p in low for p in TRANSIENT_PATTERNS):
-        return "transient"
-    return "unknown"
+def array_spec(count: int, throttle: int | None = None) -> str:
+    """Slurm's --array value for `count` elements, at most `throttle` running at once."""
+    return f"0-{count - 1}" + (f"%{throttle}" if throttle else "")
 
 
 def sbatch_argv(name: str, tag: str, count: int, throttle: int | None = None) -> list[str]:
     """The exact sbatch command for one array (the script goes to its stdin)."""
-    array = f"0-{count - 1}" + (f"%{throttle}" if throttle else "")
+    array = array_spec(count, throttle)
     return ["sbatch", "--parsable", f"--array={array}", f"--job-name={name}", f"--comment={tag}"]
-
-
-def slurm_message(exc: CommandError) -> str:
-    """Slurm's own words from a failed command (its stderr lines), else the whole error."""
-    lines = [line.strip() for line in (exc.stderr or exc.stdout or "").splitlines()]
-    text = " | ".join(line for line in lines if line)
-    return text[:2000] if text else str(exc)
-
-
-def parse_job_id(stdout: str) -> str:
-    """`sbatch --parsable` prints `jobid` or `jobid;cluster`."""
-    first = stdout.strip().splitlines()[-1] if stdout.strip() else ""
-    job_id = first.split(";", 1)[0].strip()
-    if not job_id.isdigit():
-        raise SchedulerError(f"sbatch --parsable printed no job id: {stdout.strip()!r}")
-    return job_id
-
-
-def expand_indices(text: str) -> list[int]:
-    """Array indices from '4', '[0-3,7]', '0-9%2' (defensive: -r should give one per line)."""
-    match = _RANGE_RE.match(text.strip())
-    if not match:
-        return []
-    out: list[int] = []
-    for part in match.group(1).split(","):
-        lo, _, hi = part.partition("-")
-        if lo.isdigit():
-            out.extend(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
-def parse_squeue(text: str, prefix: str) -> list[ElementStatus]:
-    """Elements from `squeue --format=SQUEUE_FORMAT` output, only jobs named `prefix`*."""
-    out: list[ElementStatus] = []
-    for line in text.splitlines():
-        parts = line.split("|", 6)
-        if len(parts) != 7:
-            continue
-        job, master, task, state, name, comment, reason = (p.strip() for p in parts)
-        if not name.startswith(prefix):
-            continue
-        code = state.split()[0] if state else ""
-        mapped = SLURM_STATES.get(code, S.UNKNOWN)
-        if task in ("N/A", ""):
-            # The array's record of elements that never started, once it has ended (e.g.
-            # cancelled while pending): Slurm no longer says which indices it held.
-            indices = [REMAINDER]
-            master = master if master.isdigit() else job.split("_")[0]
-        else:
-            indices = expand_indices(task)
-        reason = "" if reason == "None" else reason
-        for index in indices:
-            out.append(
-                ElementStatus(
-                    job_id=master,
-                    array_index=index,
-                    element_id=master if index == REMAINDER else f"{master}_{index}",
-                    state=mapped,
-                    tag=comment if comment != "(null)" else "",
-                    name=name,
-                    reason=reason if mapped is not S.UNKNOWN else f"slurm state {state}",
-                )
-            )
-    return out
-
-
-def parse_sacct(text: str) -> dict[str, tuple[ElementState, int | None, str]]:
-    """{element id: (state, exit code, raw state)} from `sacct -P -n -X --format=JobID,State,
-    ExitCode`. States such as 'CANCELLED by 0' keep their first word."""
-    out: dict[str, tuple[ElementState, int | None, str]] = {}
-    for line in text.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) < 3 or "_" not in parts[0]:
-            continue
-        raw = parts[1].split()[0] if parts[1].strip() else ""
-        code_text = parts[2].split(":")[0]
-        out[parts[0]] = (
-            SLURM_STATES.get(raw, S.UNKNOWN),
-            int(code_text) if code_text.isdigit() else None,
-            parts[1],
-        )
-    return out
-
-
-def parse_config(text: str) -> dict[str, str]:
-    """`scontrol show config` as {key: value}."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            out[key.strip()] = value.strip()
-    return out
 
 
 def command_env() -> dict[str, str]:
@@ -467,6 +309,19 @@ class SlurmScheduler(Scheduler):
         answers; the rest are reported COMPLETED (see the module docstring)."""
         now = time.monotonic()
         by_id = {e.element_id: e for e in current}
+        missing = self._left_the_queue(by_id)
+        if missing:
+            final = self._sacct([e.element_id for e in missing]) if self.accounting else {}
+            with self._lock:
+                for element in missing:
+                    self._gone[element.element_id] = (_resolved(element, final), now)
+        with self._lock:
+            for eid in [k for k, (_, t) in self._gone.items() if now - t > GONE_KEPT or k in by_id]:
+                del self._gone[eid]
+            return [s for s, _ in self._gone.values()]
+
+    def _left_the_queue(self, by_id: dict[str, ElementStatus]) -> list[ElementStatus]:
+        """Remember what is in flight now; forget and return what was in flight and is gone."""
         with self._lock:
             for eid, element in by_id.items():
                 if element.state in IN_FLIGHT:
@@ -476,33 +331,7 @@ class SlurmScheduler(Scheduler):
             missing = [s for eid, s in self._seen.items() if eid not in by_id]
             for element in missing:
                 del self._seen[element.element_id]
-        if missing:
-            final = self._sacct([e.element_id for e in missing]) if self.accounting else {}
-            with self._lock:
-                for element in missing:
-                    state, code, raw = final.get(element.element_id, (S.COMPLETED, None, ""))
-                    reason = (
-                        f"from sacct: {raw}"
-                        if raw
-                        else "left the queue unseen; final state unknown (no accounting)"
-                    )
-                    self._gone[element.element_id] = (
-                        ElementStatus(
-                            element.job_id,
-                            element.array_index,
-                            element.element_id,
-                            state,
-                            element.tag,
-                            element.name,
-                            reason,
-                            code,
-                        ),
-                        now,
-                    )
-        with self._lock:
-            for eid in [k for k, (_, t) in self._gone.items() if now - t > 3600 or k in by_id]:
-                del self._gone[eid]
-            return [s for s, _ in self._gone.values()]
+        return missing
 
     def _sacct(self, element_ids: Sequence[str]) -> dict[str, tuple[ElementState, int | None, str]]:
         argv = [
@@ -534,3 +363,17 @@ class SlurmScheduler(Scheduler):
         ]
         if result.returncode != 0 and problems:
             raise SchedulerError(f"scancel {' '.join(targets)}: {' | '.join(problems[-3:])}")
+
+
+def _resolved(
+    element: ElementStatus, final: dict[str, tuple[ElementState, int | None, str]]
+) -> ElementStatus:
+    """A vanished element with its end from sacct, else COMPLETED with a reason saying the real
+    end is unknown (see the module docstring)."""
+    state, code, raw = final.get(element.element_id, (S.COMPLETED, None, ""))
+    reason = (
+        f"from sacct: {raw}"
+        if raw
+        else "left the queue unseen; final state unknown (no accounting)"
+    )
+    return replace(element, state=state, reason=reason, exit_code=code)

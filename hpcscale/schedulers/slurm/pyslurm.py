@@ -23,10 +23,13 @@ from typing import Any
 
 from hpcscale.errors import CommandError, PreflightUnsupported, SchedulerError
 from hpcscale.schedulers.base import ElementState, ElementStatus
-from hpcscale.schedulers.slurm.adapter import SLURM_STATES, SlurmScheduler, expand_indices
+from hpcscale.schedulers.slurm.adapter import SlurmScheduler, array_spec
+from hpcscale.schedulers.slurm.parse import expand_indices
+from hpcscale.schedulers.slurm.states import SLURM_STATES
 
 
 def import_pyslurm() -> Any:
+    """pyslurm, or a SchedulerError that says how to get a working one."""
     try:
         import pyslurm  # optional dependency: imported on use
     except Exception as exc:  # ImportError, or a version mismatch raised at import
@@ -38,6 +41,8 @@ def import_pyslurm() -> Any:
 
 
 class PyslurmScheduler(SlurmScheduler):
+    """SlurmScheduler with sbatch and squeue replaced by pyslurm's RPCs."""
+
     name = "pyslurm"
 
     def __init__(self, manager: str, pool: str, **kwargs: Any) -> None:
@@ -57,9 +62,8 @@ class PyslurmScheduler(SlurmScheduler):
         return CommandError([f"pyslurm.{what}"], 1, "", str(exc))
 
     def _sbatch(self, script: str, count: int, tag: str) -> str:
-        array = f"0-{count - 1}" + (f"%{self.throttle}" if self.throttle else "")
         desc = self._pyslurm.JobSubmitDescription(
-            script=script, name=self.job_name, comment=tag, array=array
+            script=script, name=self.job_name, comment=tag, array=array_spec(count, self.throttle)
         )
         desc.load_sbatch_options()  # the script's #SBATCH lines, as sbatch would read them
         try:
