@@ -1,4 +1,5 @@
-"""UNION ALL over many small selects, within what every SQLite takes in one statement.
+"""Reads split into batches of TERMS selects a statement: UNION ALL over many small selects,
+within what every SQLite takes in one statement.
 
 The manager's reads ask the same thing of each of its pools or queues; one statement for all
 of them saves a round trip each on PostgreSQL. SQLite takes at most 500 terms in a compound

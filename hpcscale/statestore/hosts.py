@@ -17,14 +17,15 @@ only a step of a streak.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
 from hpcscale.models import HostInfo
+from hpcscale.statestore.database import Clock, StoreBase
 from hpcscale.statestore.schema import events, hosts, meta, workers
 
 log = logging.getLogger("hpcscale.statestore")
@@ -83,18 +84,20 @@ class _Host:
         return True
 
 
-class HostRecords:
-    """The `hosts` table; mixed into Store, whose plumbing it uses."""
+class HostRecords(StoreBase):
+    """The `hosts` table, and the hosts denied now (which a claim asks about)."""
 
-    clock: Callable[[], float]
-    host_rules: HostRules
-    _denied: dict[str, float]
-
-    def _write(self) -> AbstractContextManager[Connection]:
-        raise NotImplementedError
-
-    def _read(self) -> AbstractContextManager[Connection]:
-        raise NotImplementedError
+    def __init__(
+        self,
+        url: str,
+        *,
+        lease_ttl: float = 120.0,
+        clock: Clock = time.time,
+        host_rules: HostRules | None = None,
+    ) -> None:
+        self.host_rules = host_rules or HostRules()
+        self._denied: dict[str, float] = {}  # host -> denied until (refreshed by the reaper)
+        super().__init__(url, lease_ttl=lease_ttl, clock=clock)
 
     def account_hosts(self) -> list[str]:
         """Count the task events since the last pass per host; return hosts newly denied."""

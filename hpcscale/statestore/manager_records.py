@@ -8,8 +8,7 @@ finds the tag on its next start and reconciles it with the scheduler instead of 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, literal, select, update
@@ -29,6 +28,8 @@ from hpcscale.models import (
     TaskState,
     WorkerState,
 )
+from hpcscale.statestore.batched import union_rows
+from hpcscale.statestore.database import StoreBase
 from hpcscale.statestore.schema import (
     decisions,
     events,
@@ -38,26 +39,12 @@ from hpcscale.statestore.schema import (
     tasks,
     workers,
 )
-from hpcscale.statestore.unions import union_rows
 
 DECISIONS_KEPT = 500  # per pool; `why` shows the newest
 
 
-class ManagerRecords:
-    """Mixed into Store; uses its transaction helpers and clock."""
-
-    lease_ttl: float
-    clock: Callable[[], float]
-
-    def _write(self) -> AbstractContextManager[Connection]:
-        raise NotImplementedError
-
-    def _read(self) -> AbstractContextManager[Connection]:
-        raise NotImplementedError
-
-    @staticmethod
-    def _events(conn: Connection, rows: list[dict[str, Any]]) -> None:
-        raise NotImplementedError
+class ManagerRecords(StoreBase):
+    """The `managers`, `submissions` and `decisions` tables, and what a manager reads back."""
 
     # ------------------------------------------------------------------ managers
 
@@ -226,33 +213,7 @@ class ManagerRecords:
             row = conn.execute(select(workers.c.state).where(workers.c.id == worker_id)).first()
             if row is None:
                 raise NotFound(f"no worker {worker_id}")
-            held = conn.execute(
-                select(tasks.c.id, tasks.c.attempts, tasks.c.max_attempts).where(
-                    tasks.c.lease_owner == worker_id, tasks.c.state == TaskState.RUNNING.value
-                )
-            ).all()
-            moved = []
-            for task in held:
-                dead = task.attempts >= task.max_attempts
-                # Only if the lease is still that worker's: on PostgreSQL the rows above are not
-                # locked, and an expiry, a cancel or another claim may have moved the task since.
-                changed = conn.execute(
-                    update(tasks)
-                    .where(
-                        tasks.c.id == task.id,
-                        tasks.c.lease_owner == worker_id,
-                        tasks.c.state == TaskState.RUNNING.value,
-                    )
-                    .values(
-                        state=(TaskState.DEAD if dead else TaskState.WAITING).value,
-                        lease_owner=None,
-                        lease_expiry=None,
-                        ended_at=now if dead else None,
-                        reason=f"worker lost: {reason}" if dead else None,
-                    )
-                )
-                if changed.rowcount == 1:
-                    moved.append(task)
+            moved = self._requeue_held(conn, worker_id, reason, now)
             if row.state in LIVE_WORKER_STATES:
                 conn.execute(
                     update(workers)
@@ -289,6 +250,37 @@ class ManagerRecords:
                 ],
             )
         return sorted(t.id for t in moved)
+
+    def _requeue_held(self, conn: Connection, worker_id: str, reason: str, now: float) -> list[Any]:
+        """The worker's running tasks back to `waiting` (attempt counted) or `dead`: those moved."""
+        held = conn.execute(
+            select(tasks.c.id, tasks.c.attempts, tasks.c.max_attempts).where(
+                tasks.c.lease_owner == worker_id, tasks.c.state == TaskState.RUNNING.value
+            )
+        ).all()
+        moved = []
+        for task in held:
+            dead = task.attempts >= task.max_attempts
+            # Only if the lease is still that worker's: on PostgreSQL the rows above are not
+            # locked, and an expiry, a cancel or another claim may have moved the task since.
+            changed = conn.execute(
+                update(tasks)
+                .where(
+                    tasks.c.id == task.id,
+                    tasks.c.lease_owner == worker_id,
+                    tasks.c.state == TaskState.RUNNING.value,
+                )
+                .values(
+                    state=(TaskState.DEAD if dead else TaskState.WAITING).value,
+                    lease_owner=None,
+                    lease_expiry=None,
+                    ended_at=now if dead else None,
+                    reason=f"worker lost: {reason}" if dead else None,
+                )
+            )
+            if changed.rowcount == 1:
+                moved.append(task)
+        return moved
 
     # ------------------------------------------------------------------ history and decisions
 

@@ -10,102 +10,30 @@ come as a short list per pool instead.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
-from typing import Any
+from collections.abc import Sequence
 
-from sqlalchemy import Connection, func, literal, literal_column, select, text
+from sqlalchemy import Connection, func, literal, select, text
 
 from hpcscale.models import (
-    LIVE_WORKER_STATES,
-    Backlog,
     CycleView,
-    HostInfo,
     ObserveRequest,
-    PoolHistory,
-    PoolInfo,
     PoolObservation,
     PoolQuestion,
-    QueueStats,
     Submission,
     SubmissionState,
     Worker,
 )
-from hpcscale.statestore.manager_records import submission_of
+from hpcscale.statestore.batched import union_rows
+from hpcscale.statestore.manager_records import ManagerRecords, submission_of
 from hpcscale.statestore.schema import SQLITE_LAST_REV, submissions, workers
-from hpcscale.statestore.unions import union_rows
+from hpcscale.statestore.tasks import Tasks
+from hpcscale.statestore.workers import WORKER_COLUMNS, Workers, live_workers, rows_to_workers
 
 ALL = 2**31 - 1  # a manager's first read: every open submission, however many
-WORKER_COLUMNS = (
-    "id", "pool", "queues", "host", "slots", "job_id", "array_index", "submission",
-    "started_at", "expected_end", "last_heartbeat", "state", "tasks_done", "busy_slots",
-    "end_reason", "ended_at",
-)  # fmt: skip
 
 
-def live_workers() -> Any:
-    """`state IN ('active', 'draining')` with literals, which the planners match to indexes."""
-    return workers.c.state.in_([literal_column(f"'{s}'") for s in LIVE_WORKER_STATES])
-
-
-def rows_to_workers(rows: Iterable[Sequence[Any]]) -> list[Worker]:
-    """Workers from rows of WORKER_COLUMNS: a dict each, validated by pydantic-core directly
-    (Worker(**kwargs) and SQLAlchemy's attribute access cost twice as much per row), each
-    distinct queues list parsed once."""
-    parsed: dict[str, list[str]] = {}
-    validate = Worker.__pydantic_validator__.validate_python
-    out: list[Worker] = []
-    for row in rows:
-        values = dict(zip(WORKER_COLUMNS, row, strict=True))
-        queues = values["queues"]
-        names = parsed.get(queues)
-        if names is None:
-            names = parsed[queues] = json.loads(queues)
-        values["queues"] = names
-        out.append(validate(values))
-    return out
-
-
-class Observe:
-    """Mixed into Store; uses its reads, which nest into the one transaction opened here."""
-
-    is_sqlite: bool
-    opened: str  # a new id each time the store is opened
-
-    def _read(self, snapshot: bool = False) -> AbstractContextManager[Connection]:
-        raise NotImplementedError
-
-    def claimable(self, queues: Sequence[str] | None = None) -> list[Backlog]:
-        raise NotImplementedError
-
-    def list_hosts(self) -> list[HostInfo]:
-        raise NotImplementedError
-
-    def list_pools(self) -> list[PoolInfo]:
-        raise NotImplementedError
-
-    def list_workers(
-        self, pool: str | None = None, live_only: bool = False, since: float | None = None
-    ) -> list[Worker]:
-        raise NotImplementedError
-
-    def list_submissions(
-        self,
-        *,
-        manager: str | None = None,
-        pool: str | None = None,
-        open_only: bool = False,
-        limit: int = 1000,
-        since: float | None = None,
-    ) -> list[Submission]:
-        raise NotImplementedError
-
-    def pool_histories(self, asks: Sequence[tuple[str, float]]) -> list[PoolHistory]:
-        raise NotImplementedError
-
-    def queues_stats(self, queues: Sequence[str]) -> list[QueueStats]:
-        raise NotImplementedError
+class Observe(Tasks, Workers, ManagerRecords):
+    """The reads of the other parts, nested into the one transaction opened here."""
 
     def observe(self, manager: str, ask: ObserveRequest) -> CycleView:
         """All of `manager`'s cycle reads, from one snapshot. Its workers: every live one and

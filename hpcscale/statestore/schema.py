@@ -1,8 +1,8 @@
 """The statestore's tables, one definition for SQLite and PostgreSQL.
 
 SCHEMA_VERSION is written into `meta` when the database is created; a later release that
-changes a table bumps it and migrates from the stored number (`upgrade`). A new table alone needs
-no bump: it is created when an older database is opened.
+changes a table bumps it and migrates from the stored number (schema_version.py). A new table
+alone needs no bump: it is created when an older database is opened.
 
 Version 2: `waiting_counts`, kept by triggers on `tasks` (`install_counters`), and the indexes
 the manager's cycle seeks with at 10^6 tasks and 10^4 workers (bench/scale.py, BENCHMARKS.md
@@ -11,8 +11,6 @@ instead of reading every worker and open submission each cycle (`install_revs`).
 """
 
 from __future__ import annotations
-
-import logging
 
 from sqlalchemy import (
     BigInteger,
@@ -28,12 +26,8 @@ from sqlalchemy import (
     delete,
     text,
 )
-from sqlalchemy.schema import CreateIndex
-
-from hpcscale.errors import SchemaMismatch
 
 SCHEMA_VERSION = 3
-log = logging.getLogger("hpcscale.statestore")
 
 metadata = MetaData()
 
@@ -422,18 +416,6 @@ END $$""",
 )
 
 
-MIN_POSTGRES = 130000  # pg_current_xact_id() (the revs), as server_version_num
-
-
-def check_postgres(version_num: int) -> None:
-    """Refuse a PostgreSQL too old for the triggers here before anything is written: PL/pgSQL
-    resolves the functions a trigger calls only when it runs, so an old server would take the
-    schema and then fail every worker registration."""
-    if version_num < MIN_POSTGRES:
-        found = f"{version_num // 10000}.{version_num % 10000}"
-        raise SchemaMismatch(f"PostgreSQL {found} is too old: hpcscale needs 13 or newer")
-
-
 def install_revs(conn: Connection) -> None:
     """(Re)create the triggers that keep `rev` (FOLLOWED), in the caller's write transaction."""
     postgres = conn.dialect.name == "postgresql"
@@ -447,22 +429,3 @@ def fold_counters(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         for statement in _PG_FOLD:
             conn.exec_driver_sql(statement)
-
-
-def upgrade(conn: Connection, found: int) -> None:
-    """Bring a database of schema version `found` to SCHEMA_VERSION, in the caller's write
-    transaction (the caller records the new number). New tables are already there: create_all
-    makes them, but not new indexes of the tables it finds."""
-    log.warning("upgrading the database from schema %d to %d", found, SCHEMA_VERSION)
-    if found < 3:  # before the indexes: ix_workers_rev and ix_submissions_rev are on them
-        for name in FOLLOWED:
-            conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN rev BIGINT NOT NULL DEFAULT 0")
-    if found < 2 and conn.dialect.name == "postgresql":  # ix_events_kind: text_pattern_ops now
-        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_events_kind")
-    for table in metadata.sorted_tables:
-        for index in table.indexes:  # IF NOT EXISTS: reflection does not see expression indexes
-            conn.execute(CreateIndex(index, if_not_exists=True))
-    if found < 2:
-        install_counters(conn)
-    if found < 3:
-        install_revs(conn)

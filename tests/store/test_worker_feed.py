@@ -33,7 +33,7 @@ from hpcscale.models import (
     Worker,
     WorkerRegistration,
 )
-from hpcscale.statestore import Store, schema
+from hpcscale.statestore import Store, schema, schema_version
 from hpcscale.statestore.schema import meta
 from tests.conftest import FakeClock, threaded_server
 
@@ -259,9 +259,9 @@ def test_a_feed_is_one_database_however_many_servers(make_store: Callable[..., S
 
 
 def test_postgresql_older_than_13_is_refused_by_name() -> None:
-    schema.check_postgres(130000)
+    schema_version.check_postgres(130000)
     with pytest.raises(SchemaMismatch, match=r"PostgreSQL 12\.15 is too old: .*13 or newer"):
-        schema.check_postgres(120015)
+        schema_version.check_postgres(120015)
 
 
 def test_observe_answers_the_largest_config_the_checks_allow(store: Store) -> None:
