@@ -82,6 +82,8 @@ def submit_array(
 
 
 def record_refusal(client: Client, pool: str, tag: str, why: str, watch: StartWatch) -> None:
+    """A refused submission counts as a failed start: a pool the scheduler keeps refusing
+    opens its breaker."""
     log.error("pool %s: submission %s failed: %s", pool, tag, why)
     client.update_submission(tag, SubmissionUpdate(state=SubmissionState.FAILED, detail=why[:4000]))
     watch.counted.add(tag)

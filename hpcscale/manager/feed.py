@@ -21,6 +21,8 @@ from hpcscale.models import (
 
 
 class Mirror:
+    """The copy itself: workers by id, open submissions by tag, and the feed's cursor."""
+
     def __init__(self, window: float) -> None:
         self.window = window  # ended workers are kept while started within it
         self.cursor: int | None = None  # None: the next read lists them all
@@ -57,6 +59,7 @@ class Mirror:
             self._workers[worker.id] = worker
 
     def reset(self) -> None:
+        """Forget the copy: the next read lists everything."""
         self.cursor = self.feed = None
         self._workers.clear()
         self._open.clear()

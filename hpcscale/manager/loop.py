@@ -81,6 +81,8 @@ CEILING_WINDOW = 3600.0  # max_submit_per_hour counts the submissions of this ro
 
 @dataclass
 class CycleResult:
+    """What a cycle did, per pool: for `run --once`'s exit code, the bench and the tests."""
+
     decisions: dict[str, Decision]
     errors: dict[str, str]
     submitted: dict[str, int]
@@ -341,6 +343,7 @@ class ComputeManager:
     def _act(
         self, pool: PoolConfig, decision: Decision, view: PoolView, info: PoolInfo | None
     ) -> None:
+        """A dry run submits nothing (it prints the sbatch) and cancels nothing."""
         if decision.submit > 0:
             self.create_compute_service(pool, decision.submit)
         if not self.dry_run:
@@ -354,6 +357,7 @@ class ComputeManager:
         reasons: list[str],
         extra: dict[str, object] | None = None,
     ) -> None:
+        """Every record carries how long the cycle and its scheduler query took so far."""
         timings: dict[str, object] = {
             "cycle_seconds": round(time.monotonic() - self.cycle_started, 4),
             "scheduler_seconds": round(self.scheduler_seconds, 4),
@@ -372,6 +376,7 @@ class ComputeManager:
         return rules_from_pool(pool, self.schedulers[pool.name].max_array_size)
 
     def _event(self, kind: str, detail: str) -> None:
+        """An event in the store (printed instead on a dry run, which writes nothing)."""
         if self.dry_run:
             self.out(f"[dry-run] event {kind}: {detail}")
             return
