@@ -11,8 +11,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from hpcscale import config
-from hpcscale.config import PoolConfig
+from hpcscale.cli.common import load_settings, parse_duration_arg
+from hpcscale.config import PoolConfig, Settings
 from hpcscale.errors import ConfigError
 from hpcscale.sim.engine import WAKE_MODES, simulate
 from hpcscale.sim.results import format_text, plot
@@ -84,14 +84,15 @@ def add_parsers(
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    settings = config.load(args.config)
+    """Flags to plain values, one simulation, then the metrics (and the plot, if asked)."""
+    settings = load_settings(args)
     pools = _pools(settings, args.pool)
     tasks, source, notes = _workload(args, pools)
     cluster = ClusterModel(
         queue_wait=_queue_wait(args),
-        start_latency=_duration_arg("--start-latency", args.start_latency),
+        start_latency=parse_duration_arg("--start-latency", args.start_latency),
         failed_start=_probability(args.failed_starts),
-        sbatch_latency=_duration_arg("--sbatch-latency", args.sbatch_latency),
+        sbatch_latency=parse_duration_arg("--sbatch-latency", args.sbatch_latency),
         max_array_size=max(1, args.max_array_size),
     )
     result = simulate(
@@ -100,7 +101,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         manager=settings.manager,
         cluster=cluster,
         seed=args.seed,
-        horizon=_duration_arg("--horizon", args.horizon),
+        horizon=parse_duration_arg("--horizon", args.horizon),
         wake=args.wake,
         source=source,
     )
@@ -111,7 +112,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pools(settings: config.Settings, names: Sequence[str] | None) -> list[PoolConfig]:
+def _pools(settings: Settings, names: Sequence[str] | None) -> list[PoolConfig]:
+    """The config's pools (or --pool's), the built-in example when the config has none."""
     pools = list(settings.pools) or [example_pool()]
     if names:
         known = {p.name: p for p in pools}
@@ -144,13 +146,6 @@ def _queue_wait(args: argparse.Namespace) -> QueueWait:
     if args.queue_wait_trace:
         return QueueWait.from_samples(read_swf_waits(args.queue_wait_trace))
     return QueueWait.parse(args.queue_wait)
-
-
-def _duration_arg(name: str, value: str) -> float:
-    try:
-        return config.parse_duration(value)
-    except ValueError as exc:
-        raise ConfigError([f"{name}: {exc}"]) from exc
 
 
 def _probability(value: float) -> float:

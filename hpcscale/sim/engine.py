@@ -10,11 +10,11 @@ the very functions the service runs, so a number seen here is a number the manag
   `estimate.task_duration`, unconfirmed / pending / starting / registered / leaving-soon, the
   failed-start breaker); one cycle of all pools every `poll_interval`, plus an immediate cycle
   when a task arrives while its pool's backlog was empty (the server's long-poll wake-up);
-- workers: `worker.stop_reason`, `worker.may_claim` and `worker.claim_size` on a
-  `worker.WorkerState` per simulated worker: claims by priority then age, slots, max_tasks,
-  max_time, no claim without time for a task (expected = p90 of the last 100 durations, as the
-  worker asks the server), idle exit after max_empty_claims empty claims while the pool is above
-  min_workers, release of running tasks END_GRACE before the job's end;
+- workers: `worker.rules`' stop_reason, may_claim and claim_size on a `WorkerProgress` per
+  simulated worker: claims by priority then age, slots, max_tasks, max_time, no claim without
+  time for a task (expected = p90 of the last 100 durations, as the worker asks the server),
+  idle exit after max_empty_claims empty claims while the pool is above min_workers, release of
+  running tasks END_GRACE before the job's end;
 - Slurm: an array per sbatch call, a queue wait per element (fixed, exponential or drawn from an
   SWF trace), the array throttle (`%N`), a start latency before the worker registers, a
   probability that a start fails, the wall time, and optionally a delay before a submission is
@@ -28,7 +28,6 @@ workloads.py, what it measured in results.py; `hpcscale simulate` is hpcscale/cl
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import itertools
 import math
@@ -52,11 +51,12 @@ from hpcscale.policy import (
 )
 from hpcscale.sim.results import PoolResult, Sample, SimResult
 from hpcscale.sim.workloads import DAY, ClusterModel, SimTask
-from hpcscale.worker import loop as worker_rules
+from hpcscale.worker import rules as worker_rules
+from hpcscale.worker.options import WorkerOptions
 
-RECENT_DURATIONS = 100  # statestore.store.RECENT_DURATIONS: what queue_stats returns
-RECENT_WAITS = 50  # manager_records.pool_history's limit on queue waits
-P90_REFRESH = 60.0  # worker._expected_duration asks the server at most once a minute
+RECENT_DURATIONS = 100  # statestore.tasks.RECENT_DURATIONS: what queue_stats returns
+RECENT_WAITS = 50  # statestore.manager_records.pool_history's limit on queue waits
+P90_REFRESH = 60.0  # worker.loop's _expected_duration asks the server at most once a minute
 WAKE_MODES = ("empty", "any", "none")
 
 # Event classes: at equal times, arrivals first, then cluster and worker events, then the
@@ -114,7 +114,7 @@ class _Element:
         self.state = _UNCONFIRMED
         self.submitted = now
         self.started = math.nan
-        self.ws: worker_rules.WorkerState | None = None
+        self.ws: worker_rules.WorkerProgress | None = None
         self.running: dict[int, float] = {}  # task id -> start time
         self.claim_pending = False  # the worker sleeps until a scheduled claim
 
@@ -126,7 +126,7 @@ class _Pool:
         self.cfg = cfg
         self.rules = rules
         self.queues = queues
-        self.opts = worker_rules.WorkerOptions(
+        self.opts = WorkerOptions(
             pool=cfg.name,
             url="http://simulated",
             token_file="-",  # noqa: S106 - nothing is contacted
@@ -388,7 +388,8 @@ class Simulation:
         )
 
     def _est_duration(self, pool: _Pool) -> float:
-        """manager._duration: per queue EWMA (else the prior), blended by backlog."""
+        """As manager.observation.task_duration: per queue EWMA (else the prior), blended by
+        backlog."""
         prior = pool.cfg.task_duration_prior
         per_queue = [
             (estimate.task_duration(list(q.samples), prior), len(q.heap)) for q in pool.queues
@@ -497,7 +498,7 @@ class Simulation:
             self._end(element, "wall_time_kill")
 
     def _cancel_pending(self, pool: _Pool, count: int) -> None:
-        """scancel of the newest pending elements (manager._act)."""
+        """scancel of the newest pending elements (manager.act.cancel_as_decided)."""
         pool.pending_els = [e for e in pool.pending_els if e.state == _PENDING]
         victims = pool.pending_els[-count:]
         for element in victims:
@@ -539,7 +540,7 @@ class Simulation:
         element.state = _REGISTERED
         max_time = pool.cfg.worker.max_time
         deadline = min(self.now + max_time if max_time else math.inf, element.started + pool.wall)
-        element.ws = worker_rules.WorkerState(
+        element.ws = worker_rules.WorkerProgress(
             started=self.now, deadline=None if math.isinf(deadline) else deadline
         )
         pool.queue_waits.appendleft(self.now - element.submitted)
@@ -552,7 +553,7 @@ class Simulation:
         self._claim(element)
 
     def _claim(self, element: _Element) -> None:
-        """One turn of worker.Worker._loop: stop, wait for tasks, claim, or sleep."""
+        """One turn of worker.loop.WorkerLoop._loop: stop, wait for tasks, claim, or sleep."""
         element.claim_pending = False
         pool, ws, opts, now = element.pool, element.ws, element.pool.opts, self.now
         if ws is None:  # not registered: nothing to do
@@ -628,14 +629,14 @@ class Simulation:
             self._claim(element)
 
     def _near_end(self, element: _Element) -> None:
-        """END_GRACE before the job's end: running tasks are released (worker.must_abandon)."""
+        """END_GRACE before the job's end: running tasks are released (rules.must_abandon)."""
         if element.state != _REGISTERED:
             return
         self._requeue(element)
         self._end(element, "walltime")
 
     def _expected(self, pool: _Pool) -> float:
-        """worker._expected_duration: the longest p90 of its queues (else the prior)."""
+        """The worker loop's _expected_duration: the longest p90 of its queues (else the prior)."""
         longest = 0.0
         for queue in pool.queues:
             if self.now - queue.p90_at > P90_REFRESH:
@@ -689,12 +690,3 @@ def simulate(
 ) -> SimResult:
     """Run a workload through the pools; options as for `Simulation`."""
     return Simulation(tasks, pools, **options).run()
-
-
-def add_command(
-    sub: Any, common: argparse.ArgumentParser, listing: argparse.ArgumentParser
-) -> None:
-    """Until the CLI's registry imports hpcscale.cli.simulate itself (cli/more.py calls this)."""
-    from hpcscale.cli import simulate as command
-
-    command.add_parsers(sub, common, listing)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from hpcscale import config
 from hpcscale.config import PoolConfig, SlurmConfig, WorkerConfig
 from hpcscale.errors import ConfigError
+from hpcscale.units import parse_duration
 
 DAY = 86400.0
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
@@ -147,8 +147,8 @@ def read_trace(path: str | Path) -> list[SimTask]:
 
 def _trace_row(path: str | Path, number: int, row: dict[str, str]) -> SimTask:
     try:
-        arrival = config.parse_duration(row["arrival"].strip())
-        duration = config.parse_duration(row["duration"].strip())
+        arrival = parse_duration(row["arrival"].strip())
+        duration = parse_duration(row["duration"].strip())
         priority = int(row.get("priority") or 0)
     except (ValueError, KeyError) as exc:
         raise ConfigError([f"{path}:{number}: {exc}"]) from exc
@@ -213,7 +213,7 @@ class QueueWait:
         if kind not in ("fixed", "exp"):
             raise ConfigError([f"--queue-wait: {text!r}: use fixed:SECONDS or exp:MEAN"])
         try:
-            return cls(kind, config.parse_duration(value))
+            return cls(kind, parse_duration(value))
         except ValueError as exc:
             raise ConfigError([f"--queue-wait: {exc}"]) from exc
 
