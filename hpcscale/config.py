@@ -28,109 +28,26 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from hpcscale import config_checks as check
+from hpcscale.config_checks import describe as describe  # (public here too: the CLI, the server)
+from hpcscale.config_checks import host_port as host_port
 from hpcscale.errors import ConfigError
 from hpcscale.models import MAX_OBSERVED_QUEUES
+from hpcscale.units import parse_duration as parse_duration
+from hpcscale.worker.options import check_config_keys, config_key
 
 DEFAULT_CONFIG_PATH = Path("~/.config/hpcscale/config.toml")
 DEFAULT_DATABASE = "sqlite:///~/.local/share/hpcscale/state.db"
 DEFAULT_TOKEN_FILE = "~/.config/hpcscale/token"  # noqa: S105 - a path, not a secret
 
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_CLOCK_RE = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?$")
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from "30s", "5m", "2h", "1d", "01:00:00", "1-12:00:00" (Slurm's form) or a number."""
-    if isinstance(value, bool):
-        raise ValueError("must be a duration such as 30s, 5m, 2h or 01:00:00")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        seconds = _parse_duration_text(value)
-    else:
-        raise ValueError("must be a duration such as 30s, 5m, 2h or 01:00:00")
-    if seconds < 0:
-        raise ValueError("must not be negative")
-    return seconds
-
-
-def _parse_duration_text(text: str) -> float:
-    match = _DURATION_RE.match(text)
-    if match:
-        return float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    clock = _CLOCK_RE.match(text.strip())
-    if clock:
-        days, first, second, third = clock.groups()
-        if third is None:  # MM:SS
-            hours, minutes, seconds = 0, int(first), int(second)
-        else:
-            hours, minutes, seconds = int(first), int(second), int(third)
-        return float(int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds)
-    raise ValueError(f"{text!r} is not a duration such as 30s, 5m, 2h or 01:00:00")
-
-
-def format_slurm_time(seconds: float) -> str:
-    """Slurm's D-HH:MM:SS (rounded up to a whole minute is not needed: Slurm takes seconds)."""
-    total = round(seconds)
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
-    return f"{days}-{clock}" if days else clock
-
-
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-# Values that end up on an #SBATCH line: no newline (a line of its own is shell), no quotes,
-# `$`, backquote or `;`, and no whitespace (sbatch splits an #SBATCH line on it, so "debug
-# --wrap=..." would be two options). Wide enough for real partitions, accounts, constraints
-# ("a&b|c"), gres ("gpu:a100:2") and output patterns ("%x-%A_%a.out"). The `setup` lines are
-# the one place that is shell by design: whoever writes the config already runs the jobs.
-_SHELL_SAFE_RE = re.compile(r"^[A-Za-z0-9_.,:=+\-/@%&|!*\[\]()~]*$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-def _keyed(key: str, message: str) -> PydanticCustomError:
-    """An error of a model validator that names the field it is about (`pools[0].min_workers`),
-    where a plain ValueError would name only the model (`pools[0]`)."""
-    return PydanticCustomError("config_key", "{message}", {"key": key, "message": message})
-
-
-def _one_line(value: str) -> None:
-    if "\n" in value or "\r" in value or "\x00" in value:
-        raise ValueError("must not contain a newline")
-
-
-def _shell_safe(value: str) -> str:
-    _one_line(value)
-    if any(c.isspace() for c in value):
-        raise ValueError("must not contain whitespace (sbatch splits #SBATCH lines on it)")
-    if not _SHELL_SAFE_RE.match(value):
-        bad = sorted({c for c in value if not _SHELL_SAFE_RE.match(c)})
-        raise ValueError(f"contains characters a job script must not see: {''.join(bad)!r}")
-    return value
-
-
-def _name(value: str) -> str:
-    if not _NAME_RE.match(value):
-        raise ValueError(
-            f"{value!r}: must be letters, digits, '_', '.', '-' (starting with a letter or digit)"
-        )
-    return value
-
 
 Name = Annotated[str, Field(min_length=1, max_length=64)]
 # A name that reaches job names, file names and URLs (pools, queues, the manager): checked
 # where it is declared, so a bad queue is reported as `pools[0].queues[1]`.
-SafeName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_name)]
+SafeName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(check.safe_name)]
 
 
 class _Strict(BaseModel):
@@ -159,9 +76,7 @@ class ServerConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+(:\d+)?(/\S*)?$", value):
-            raise ValueError("must be an http:// or https:// URL")
-        return value.rstrip("/")
+        return check.http_url(value)
 
     @field_validator("bind")
     @classmethod
@@ -172,39 +87,27 @@ class ServerConfig(_Strict):
     @field_validator("database")
     @classmethod
     def _database(cls, value: str) -> str:
-        if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
-            scheme = value.partition("://")[0] if "://" in value else value[:20]
-            raise ValueError(
-                f"unknown scheme {scheme!r}: must start with sqlite:/// or postgresql://"
-            )
-        return value
+        return check.database_url(value)
 
     @field_validator("token_file", "tls_cert", "tls_key", "tls_ca")
     @classmethod
     def _path(cls, value: str | None) -> str | None:
         if value is not None:
-            _one_line(value)
+            check.one_line(value)
         return value
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:
         if self.tls_cert and not self.tls_key:
-            raise _keyed("tls_key", "required with tls_cert (the server needs both)")
+            raise check.keyed("tls_key", "required with tls_cert (the server needs both)")
         if self.tls_key and not self.tls_cert:
-            raise _keyed("tls_cert", "required with tls_key (the server needs both)")
+            raise check.keyed("tls_cert", "required with tls_key (the server needs both)")
         return self
 
     @property
     def verify(self) -> bool | str:
         """What an HTTPS client of this server trusts: tls_ca, else the system's CAs."""
         return str(Path(self.tls_ca).expanduser()) if self.tls_ca else True
-
-
-def host_port(bind: str) -> tuple[str, int]:
-    host, sep, port = bind.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8765")
-    return host.strip("[]"), int(port)
 
 
 class ManagerConfig(_Strict):
@@ -224,7 +127,7 @@ class ManagerConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        return _name(value)
+        return check.safe_name(value)
 
 
 class SlurmConfig(_Strict):
@@ -246,7 +149,7 @@ class SlurmConfig(_Strict):
     @field_validator("partition", "account", "qos", "mem", "gres", "constraint", "output")
     @classmethod
     def _safe(cls, value: str | None) -> str | None:
-        return None if value is None else _shell_safe(value)
+        return None if value is None else check.shell_safe(value)
 
     @field_validator("time")
     @classmethod
@@ -259,7 +162,7 @@ class SlurmConfig(_Strict):
     @classmethod
     def _directives(cls, values: list[str]) -> list[str]:
         for value in values:
-            _shell_safe(value)
+            check.shell_safe(value)
             if not value.startswith("-"):
                 raise ValueError(f"{value!r} must be an sbatch option such as --gres=gpu:1")
         return values
@@ -276,7 +179,7 @@ class SlurmConfig(_Strict):
     @classmethod
     def _python(cls, value: str | None) -> str | None:
         if value is not None:
-            _one_line(value)
+            check.one_line(value)
         return value
 
     @property
@@ -285,15 +188,21 @@ class SlurmConfig(_Strict):
 
 
 class WorkerConfig(_Strict):
-    slots: int = Field(default=1, ge=1)
-    max_tasks: int = Field(default=0, ge=0, le=2**31 - 1)
-    max_time: Duration = 0.0
-    max_empty_claims: int = Field(default=3, ge=1)
-    empty_claim_sleep: Duration = 10.0
-    heartbeat_interval: Duration = 30.0
-    claim_margin: Duration = 30.0
-    unreachable_timeout: Duration = 600.0
-    output_dir: str | None = None
+    """[pools.worker]: the worker options a config may set. Their defaults and bounds come from
+    the one table of the worker's options (worker/options.py), which checks these keys."""
+
+    slots: int = config_key("slots")
+    max_tasks: int = config_key("max_tasks")
+    max_time: Duration = config_key("max_time")
+    max_empty_claims: int = config_key("max_empty_claims")
+    empty_claim_sleep: Duration = config_key("empty_claim_sleep")
+    heartbeat_interval: Duration = config_key("heartbeat_interval")
+    claim_margin: Duration = config_key("claim_margin")
+    unreachable_timeout: Duration = config_key("unreachable_timeout")
+    output_dir: str | None = config_key("output_dir")
+
+
+check_config_keys(WorkerConfig)
 
 
 class BudgetConfig(_Strict):
@@ -358,7 +267,7 @@ class ScheduleConfig(_Strict):
         if self.duration <= 0:
             raise ValueError("duration must be positive")
         if self.max_workers is not None and self.min_workers > self.max_workers:
-            raise _keyed(
+            raise check.keyed(
                 "min_workers", f"{self.min_workers} must be ≤ max_workers ({self.max_workers})"
             )
         return self
@@ -387,7 +296,7 @@ class PoolConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        return _name(value)
+        return check.safe_name(value)
 
     @property
     def submit_ceiling(self) -> int:
@@ -400,7 +309,7 @@ class PoolConfig(_Strict):
     @model_validator(mode="after")
     def _min_le_max(self) -> PoolConfig:
         if self.min_workers > self.max_workers:
-            raise _keyed(
+            raise check.keyed(
                 "min_workers", f"{self.min_workers} must be ≤ max_workers ({self.max_workers})"
             )
         return self
@@ -425,7 +334,7 @@ class Settings(BaseSettings):
         first: dict[str, int] = {}
         for index, pool in enumerate(self.pools):
             if pool.name in first:
-                raise _keyed(
+                raise check.keyed(
                     f"pools[{index}].name",
                     f"{pool.name!r} is already the name of pools[{first[pool.name]}]",
                 )
@@ -434,7 +343,7 @@ class Settings(BaseSettings):
         for index, pool in enumerate(self.pools):
             queues.update(pool.queues)
             if len(queues) > MAX_OBSERVED_QUEUES:  # what a manager's cycle may ask the store
-                raise _keyed(
+                raise check.keyed(
                     f"pools[{index}].queues",
                     f"the pools serve more than {MAX_OBSERVED_QUEUES} distinct queues",
                 )
@@ -535,50 +444,3 @@ def from_mapping(data: dict[str, Any]) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(describe(exc)) from exc
-
-
-def describe(exc: ValidationError) -> list[str]:
-    """One line per problem: `key.path: what is wrong`."""
-    lines = []
-    for error in exc.errors():
-        key = _key(error["loc"])
-        if error["type"] == "config_key":
-            sub = error["ctx"]["key"]
-            key = f"{key}{'' if not key or sub.startswith('[') else '.'}{sub}"
-        lines.append(f"{key}: {_message(error)}" if key else _message(error))
-    return lines
-
-
-def _key(loc: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item.startswith("function-") or item in {"str", "int", "float", "list"}:
-            continue
-        else:
-            parts.append(("." if parts else "") + item)
-    return "".join(parts)
-
-
-def _message(error: Any) -> str:
-    kind = error["type"]
-    ctx = error.get("ctx") or {}
-    if kind == "greater_than_equal":
-        return f"must be ≥ {ctx['ge']}"
-    if kind == "greater_than":
-        return f"must be > {ctx['gt']}"
-    if kind == "less_than_equal":
-        return f"must be ≤ {ctx['le']}"
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected', '')}"
-    if kind == "too_short":
-        return "must not be empty"
-    if kind == "string_too_long":
-        return f"must be at most {ctx.get('max_length')} characters"
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")

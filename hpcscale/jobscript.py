@@ -27,11 +27,13 @@ from pathlib import Path
 from string import Template
 
 import hpcscale
-from hpcscale.config import PoolConfig, Settings, format_slurm_time
+from hpcscale.config import PoolConfig, Settings
 from hpcscale.errors import ConfigError
 from hpcscale.schedulers.base import check_tag, job_name
 from hpcscale.schedulers.local.adapter import launch_argv
 from hpcscale.schedulers.slurm.adapter import sbatch_argv
+from hpcscale.units import format_seconds, format_slurm_time, worker_lifetime
+from hpcscale.worker.options import command_line, resolve
 
 TEMPLATES = {"slurm": "slurm-worker.sh", "pyslurm": "slurm-worker.sh", "local": "local-worker.sh"}
 
@@ -59,10 +61,6 @@ def load_template(name: str) -> Template:
             return Template(path.read_text())
     searched = ", ".join(str(d) for d in template_dirs())
     raise ConfigError([f"job script template {name!r} not found (looked in {searched})"])
-
-
-def _seconds(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def directives(pool: PoolConfig, exclude: Sequence[str] = ()) -> list[str]:
@@ -106,34 +104,23 @@ def _absolute(path: str | Path) -> Path:
 def worker_argv(
     pool: PoolConfig, settings: Settings, tag: str, token_file: str | Path
 ) -> list[str]:
-    """`<python> -m hpcscale worker ...`, unquoted (the caller quotes for the shell).
+    """`<python> -m hpcscale worker ...`, unquoted (the caller quotes for the shell): every
+    option of the worker's table, as the pool's config sets it.
 
-    --max-time is the worker's max_time capped at the wall time (0 = none means the wall time),
-    so a worker never plans past the end of its job.
+    --max-time is the worker's lifetime (its max_time capped at the wall time), so a worker
+    never plans past the end of its job.
     """
-    worker = pool.worker
-    wall = pool.slurm.wall_seconds
-    max_time = min(worker.max_time, wall) if worker.max_time > 0 else wall
-    token_path = _absolute(token_file)
-    tls = ["--tls-ca", str(_absolute(settings.server.tls_ca))] if settings.server.tls_ca else []
+    tls_ca = settings.server.tls_ca
+    given = {
+        "pool": pool.name,
+        "token_file": str(_absolute(token_file)),
+        "submission": tag,
+        "max_time": worker_lifetime(pool.worker.max_time, pool.slurm.wall_seconds),
+        "tls_ca": str(_absolute(tls_ca)) if tls_ca else None,
+    }
     python = pool.slurm.python or sys.executable
-    return [
-        python, "-m", "hpcscale", "worker",
-        "--pool", pool.name,
-        "--url", settings.server.url,
-        "--token-file", str(token_path),
-        "--submission", tag,
-        "--slots", str(worker.slots),
-        "--max-tasks", str(worker.max_tasks),
-        "--max-time", _seconds(max_time),
-        "--max-empty-claims", str(worker.max_empty_claims),
-        "--empty-claim-sleep", _seconds(worker.empty_claim_sleep),
-        "--heartbeat-interval", _seconds(worker.heartbeat_interval),
-        "--claim-margin", _seconds(worker.claim_margin),
-        "--task-duration-prior", _seconds(pool.task_duration_prior),
-        "--unreachable-timeout", _seconds(worker.unreachable_timeout),
-        "--queues", ",".join(pool.queues),
-    ] + (["--output-dir", worker.output_dir] if worker.output_dir else []) + tls  # fmt: skip
+    options = resolve(settings, pool, given)
+    return [python, "-m", "hpcscale", "worker", *command_line(options)]
 
 
 def render(
@@ -165,7 +152,7 @@ def render(
         "manager": settings.manager.name,
         "tag": tag,
         "version": hpcscale.__version__,
-        "margin": _seconds(math.ceil(pool.slurm.signal_margin)),
+        "margin": format_seconds(math.ceil(pool.slurm.signal_margin)),
         "setup": "\n".join(pool.slurm.setup),
         "command": command,
     }

@@ -7,6 +7,7 @@ from the running job (/proc/PID/environ, scontrol, Slurm's saved copy of the job
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import subprocess
 import sys
@@ -17,11 +18,13 @@ import pytest
 
 import hpcscale
 from hpcscale import config, jobscript
+from hpcscale.cli import worker as worker_command
 from hpcscale.errors import ConfigError
 from hpcscale.jobscript import render
 from hpcscale.schedulers.base import ElementState, Scheduler
 from hpcscale.schedulers.local.adapter import LocalScheduler
 from hpcscale.schedulers.slurm.adapter import SlurmScheduler
+from hpcscale.worker import options
 from tests.slurm_fixtures import require_slurm, unique, wait_for
 
 SECRET = "tok-" + "s3cr3t-do-not-leak-0123456789"
@@ -322,3 +325,35 @@ def test_denied_nodes_are_excluded_by_plain_name_only(tmp_path: Path) -> None:
     own = settings({"extra_directives": ["--exclude=n9"]})
     job = render(own.pools[0], own, "t1", 1, tmp_path / "token", ["n2"])
     assert "--exclude=n2" not in job.script and "#SBATCH --exclude=n9" in job.script
+
+
+def test_the_worker_reads_back_exactly_the_options_its_job_script_gives(tmp_path: Path) -> None:
+    """The job script's argv and the worker's flags come from one table: parsing the argv
+    with `hpcscale worker`'s own parser gives the options the script meant."""
+    cfg = settings(
+        {"time": "00:30:00"},
+        worker={"slots": 3, "max_time": "2h", "claim_margin": "1m", "output_dir": "/scratch/o"},
+        task_duration_prior="90s",
+    )
+    pool = cfg.pools[0]
+    argv = jobscript.worker_argv(pool, cfg, "sub-9", token_file(tmp_path))
+    parser = argparse.ArgumentParser()
+    worker_command.add_parsers(
+        parser.add_subparsers(), argparse.ArgumentParser(add_help=False), parser
+    )
+    read = options.from_command_line(parser.parse_args(["worker", *argv[4:]]), cfg)
+    assert read == options.WorkerOptions(
+        pool="cpu", url="http://127.0.0.1:9", token_file=str(token_file(tmp_path)),
+        submission="sub-9", slots=3, max_time=1800.0, claim_margin=60.0,
+        task_duration_prior=90.0, queues=("default", "big"), output_dir="/scratch/o",
+    )  # fmt: skip
+
+
+def test_a_bad_duration_flag_names_the_flag() -> None:
+    parser = argparse.ArgumentParser()
+    options.add_flags(parser)
+    with pytest.raises(ConfigError) as caught:
+        options.from_command_line(parser.parse_args(["--max-time", "soon"]), settings())
+    assert caught.value.problems == [
+        "--max-time: 'soon' is not a duration such as 30s, 5m, 2h or 01:00:00"
+    ]

@@ -8,21 +8,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hpcscale.client import Client
 from hpcscale.models import Control, Role, TaskSpec, TaskState
 from hpcscale.tokens import write_secret
-from hpcscale.worker.loop import (
-    WorkerOptions,
-    WorkerState,
+from hpcscale.worker.options import WorkerOptions
+from hpcscale.worker.rules import (
+    WorkerProgress,
     claim_size,
+    deadline_of,
     may_claim,
     must_abandon,
     stop_reason,
-    tail,
 )
+from hpcscale.worker.runs import tail
 from tests.conftest import LiveServer
 from tests.slurm_fixtures import wait_for
 
@@ -30,8 +32,8 @@ OPTS = WorkerOptions(pool="p", url="http://x", token_file="t", max_tasks=5, max_
                      max_empty_claims=3, claim_margin=10.0, unreachable_timeout=60.0)  # fmt: skip
 
 
-def state(**kw: object) -> WorkerState:
-    return WorkerState(started=0.0, deadline=kw.pop("deadline", 200.0), **kw)  # type: ignore[arg-type]
+def state(**kw: Any) -> WorkerProgress:
+    return WorkerProgress(started=0.0, deadline=kw.pop("deadline", 200.0), **kw)
 
 
 @pytest.mark.parametrize(
@@ -83,6 +85,14 @@ def test_claims_need_time_for_a_task_plus_margin() -> None:
     assert may_claim(state(deadline=100.0), OPTS, now=40.0, expected_duration=50.0)
     assert not may_claim(state(deadline=100.0), OPTS, now=41.0, expected_duration=50.0)
     assert may_claim(state(deadline=None), OPTS, now=1e9, expected_duration=1e9)
+
+
+def test_the_deadline_is_the_earlier_of_max_time_and_the_jobs_end() -> None:
+    assert deadline_of(100.0, 50.0, 120.0) == 120.0
+    assert deadline_of(100.0, 50.0, 200.0) == 150.0
+    assert deadline_of(100.0, 0.0, 200.0) == 200.0  # no max_time
+    assert deadline_of(100.0, 50.0, None) == 150.0  # no known end
+    assert deadline_of(100.0, 0.0, None) is None
 
 
 def test_claim_size_respects_slots_and_max_tasks() -> None:

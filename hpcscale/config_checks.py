@@ -1,0 +1,119 @@
+"""What the config refuses, and how it says so: one line per problem, naming the key.
+
+Kept apart from the models (config.py) because these are the rules an admin meets when a file
+is wrong, and the CLI reuses them for task files: names that reach job names, file names and
+URLs; values that reach an #SBATCH line; and pydantic's errors rewritten as
+`pools[0].max_workers: must be ≥ 0`, so a file can be fixed without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
+
+# Values that end up on an #SBATCH line: no newline (a line of its own is shell), no quotes,
+# `$`, backquote or `;`, and no whitespace (sbatch splits an #SBATCH line on it, so "debug
+# --wrap=..." would be two options). Wide enough for real partitions, accounts, constraints
+# ("a&b|c"), gres ("gpu:a100:2") and output patterns ("%x-%A_%a.out"). The `setup` lines are
+# the one place that is shell by design: whoever writes the config already runs the jobs.
+_SHELL_SAFE_RE = re.compile(r"^[A-Za-z0-9_.,:=+\-/@%&|!*\[\]()~]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def keyed(key: str, message: str) -> PydanticCustomError:
+    """An error of a model validator that names the field it is about (`pools[0].min_workers`),
+    where a plain ValueError would name only the model (`pools[0]`)."""
+    return PydanticCustomError("config_key", "{message}", {"key": key, "message": message})
+
+
+def one_line(value: str) -> None:
+    if "\n" in value or "\r" in value or "\x00" in value:
+        raise ValueError("must not contain a newline")
+
+
+def shell_safe(value: str) -> str:
+    one_line(value)
+    if any(c.isspace() for c in value):
+        raise ValueError("must not contain whitespace (sbatch splits #SBATCH lines on it)")
+    if not _SHELL_SAFE_RE.match(value):
+        bad = sorted({c for c in value if not _SHELL_SAFE_RE.match(c)})
+        raise ValueError(f"contains characters a job script must not see: {''.join(bad)!r}")
+    return value
+
+
+def safe_name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r}: must be letters, digits, '_', '.', '-' (starting with a letter or digit)"
+        )
+    return value
+
+
+def http_url(value: str) -> str:
+    if not re.match(r"^https?://[^\s/]+(:\d+)?(/\S*)?$", value):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def database_url(value: str) -> str:
+    if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+        scheme = value.partition("://")[0] if "://" in value else value[:20]
+        raise ValueError(f"unknown scheme {scheme!r}: must start with sqlite:/// or postgresql://")
+    return value
+
+
+def host_port(bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8765")
+    return host.strip("[]"), int(port)
+
+
+def describe(exc: ValidationError) -> list[str]:
+    """One line per problem: `key.path: what is wrong`."""
+    lines = []
+    for error in exc.errors():
+        key = _key(error["loc"])
+        if error["type"] == "config_key":
+            sub = error["ctx"]["key"]
+            key = f"{key}{'' if not key or sub.startswith('[') else '.'}{sub}"
+        lines.append(f"{key}: {_message(error)}" if key else _message(error))
+    return lines
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item.startswith("function-") or item in {"str", "int", "float", "list"}:
+            continue
+        else:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts)
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "greater_than_equal":
+        return f"must be ≥ {ctx['ge']}"
+    if kind == "greater_than":
+        return f"must be > {ctx['gt']}"
+    if kind == "less_than_equal":
+        return f"must be ≤ {ctx['le']}"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
