@@ -1,15 +1,23 @@
-"""Starting the long-running processes: the API server, the manager loops, or both in one."""
+"""Starting the long-running processes: the API server, the manager loops, or both in one.
+
+Also what only a started server needs: the first admin token, and uvicorn on [server] bind.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
 
 from hpcscale.config import Settings
-from hpcscale.server.app import build_uvicorn, create_app, ensure_admin_token
+from hpcscale.models import Role
+from hpcscale.server.app import create_app
 from hpcscale.statestore import Store, open_store
 from hpcscale.statestore.hosts import HostRules
-from hpcscale.tokens import read_token
+from hpcscale.tokens import check_token_file, read_token, write_secret
 
 log = logging.getLogger("hpcscale.service")
 
@@ -55,3 +63,43 @@ def run_server(settings: Settings, *, with_manager: bool = False) -> None:
         if with_manager:
             thread.join(timeout=30)
         store.close()
+
+
+def ensure_admin_token(store: Store, token_file: str) -> Path:
+    """Write an admin token to `token_file` (0600) on first start; refuse a file others can read."""
+    path = Path(token_file).expanduser()
+    if path.exists():
+        check_token_file(path)
+        token = path.read_text().strip()
+        if store.verify_token(token) is None and not store.has_admin_token():
+            # A fresh database next to an old token file: adopt the file's token.
+            store.add_token(token, Role.ADMIN, None, "admin (adopted from token file)")
+        return path
+    token = store.create_token(Role.ADMIN, None, "admin (first start)")
+    write_secret(path, token)
+    return path
+
+
+def build_uvicorn(app: FastAPI, settings: Settings) -> Any:
+    """A uvicorn server for `app` on [server] bind, with TLS when tls_cert/tls_key are set."""
+    import uvicorn
+
+    from hpcscale.config import host_port
+
+    host, port = host_port(settings.server.bind)
+    tls: dict[str, Any] = {}
+    if settings.server.tls_cert and settings.server.tls_key:
+        tls = {
+            "ssl_certfile": str(Path(settings.server.tls_cert).expanduser()),
+            "ssl_keyfile": str(Path(settings.server.tls_key).expanduser()),
+        }
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        **tls,
+    )
+    return uvicorn.Server(config)
