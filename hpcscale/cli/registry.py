@@ -28,7 +28,7 @@ COMMANDS = (
     Command("status", "status", "backlog per queue, pools and their state, live workers"),
     Command("token", "token", "manage API tokens"),
     Command("check-config", "configfile", "validate a config file and print it resolved"),
-    Command("worker", "worker_today", "the worker loop (what job scripts run)"),
+    Command("worker", "worker", "the worker loop (what job scripts run)"),
     Command(
         "render-script",
         "configfile",

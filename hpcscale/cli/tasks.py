@@ -11,9 +11,10 @@ from pydantic import ValidationError
 
 from hpcscale import config
 from hpcscale.cli import display
-from hpcscale.cli.common import emit, load_settings, make_client, parse_duration_arg
+from hpcscale.cli.common import emit, load_settings, make_client
 from hpcscale.errors import ConfigError
 from hpcscale.models import TaskSpec
+from hpcscale.units import duration_flag
 
 SUBMIT_CHUNK = 1000
 
@@ -120,7 +121,7 @@ def _task_defaults(args: argparse.Namespace) -> dict[str, object]:
         if value is not None:
             defaults[key] = value
     if args.timeout is not None:
-        defaults["timeout"] = parse_duration_arg("--timeout", args.timeout)
+        defaults["timeout"] = duration_flag("--timeout", args.timeout)
     if args.env:
         env = {}
         for item in args.env:
