@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from hpcscale.errors import InvalidTransition, NotFound
 from hpcscale.models import (
@@ -20,7 +20,6 @@ from hpcscale.models import (
     DecisionRecord,
     ManagerInfo,
     ManagerRegistration,
-    PoolHistory,
     Submission,
     SubmissionIntent,
     SubmissionState,
@@ -28,7 +27,6 @@ from hpcscale.models import (
     TaskState,
     WorkerState,
 )
-from hpcscale.statestore.batched import union_rows
 from hpcscale.statestore.database import StoreBase
 from hpcscale.statestore.schema import (
     decisions,
@@ -282,70 +280,7 @@ class ManagerRecords(StoreBase):
                 moved.append(task)
         return moved
 
-    # ------------------------------------------------------------------ history and decisions
-
-    def pool_history(self, pool: str, since: float, limit: int = 50) -> PoolHistory:
-        return self.pool_histories([(pool, since)], limit)[0]
-
-    def pool_histories(
-        self, asks: Sequence[tuple[str, float]], limit: int = 50
-    ) -> list[PoolHistory]:
-        """Per (pool, since): queue waits (submission -> registration) of its newest `limit`
-        workers, failed starts since `since`, its last registration. Three statements for
-        all the pools (a UNION ALL of one index range each), not three a pool: a manager asks
-        for all its pools every cycle."""
-        if not asks:
-            return []
-        pools = [pool for pool, _ in asks]
-        newest = [  # down ix_workers_pool_started, newest first
-            select(
-                literal(pool).label("pool"),
-                workers.c.started_at.label("started"),
-                (workers.c.started_at - submissions.c.created_at).label("wait"),
-            )
-            .select_from(workers.join(submissions, workers.c.submission == submissions.c.tag))
-            .where(workers.c.pool == pool)
-            .order_by(workers.c.started_at.desc())
-            .limit(limit)
-            .subquery()
-            for pool in pools
-        ]
-        last = [  # the newest registration, not max() over the pool's history
-            select(literal(pool).label("pool"), workers.c.started_at.label("started"))
-            .where(workers.c.pool == pool, workers.c.submission.is_not(None))
-            .order_by(workers.c.started_at.desc())
-            .limit(1)
-            .subquery()
-            for pool in pools
-        ]
-        waits: dict[str, list[tuple[float, float]]] = {pool: [] for pool in pools}
-        failed: dict[str, list[float]] = {pool: [] for pool in pools}
-        latest: dict[str, float] = {}
-        with self._read() as conn:
-            for r in union_rows(conn, [select(part) for part in newest]):
-                waits[r.pool].append((float(r.started), max(0.0, float(r.wait))))
-            for r in union_rows(conn, [select(part) for part in last]):
-                latest[r.pool] = float(r.started)
-            starts = conn.execute(
-                select(events.c.ts, events.c.detail)
-                .where(
-                    events.c.kind == "pool.failed_start",
-                    events.c.ts >= min(since for _, since in asks),
-                )
-                .order_by(events.c.ts)
-            )
-            for start in starts:  # the detail is "<pool> <element or worker id>"
-                pool = (start.detail or "").split(" ", 1)[0]
-                if pool in failed:
-                    failed[pool].append(float(start.ts))
-        return [
-            PoolHistory(
-                queue_waits=[w for _, w in sorted(waits[pool], reverse=True)],
-                failed_starts=[t for t in failed[pool] if t >= since],
-                last_registration=latest.get(pool),
-            )
-            for pool, since in asks
-        ]
+    # ------------------------------------------------------------------ decisions
 
     def record_decision(self, record: DecisionRecord) -> None:
         self.record_decisions([record])
@@ -395,12 +330,6 @@ class ManagerRecords(StoreBase):
             DecisionRecord(manager=r.manager, pool=r.pool, ts=r.ts, data=json.loads(r.data))
             for r in reversed(rows)
         ]
-
-    def submit_seq(self) -> int:
-        """A number that grows with every submit: managers long-poll on it for new work."""
-        with self._read() as conn:
-            value = conn.execute(select(func.max(tasks.c.id))).scalar()
-        return int(value or 0)
 
 
 _SUBMISSION_COLUMNS = tuple(c.name for c in submissions.c)

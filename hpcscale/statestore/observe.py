@@ -17,6 +17,7 @@ from sqlalchemy import Connection, func, literal, select, text
 from hpcscale.models import (
     CycleView,
     ObserveRequest,
+    PoolHistory,
     PoolObservation,
     PoolQuestion,
     Submission,
@@ -25,7 +26,7 @@ from hpcscale.models import (
 )
 from hpcscale.statestore.batched import union_rows
 from hpcscale.statestore.manager_records import ManagerRecords, submission_of
-from hpcscale.statestore.schema import SQLITE_LAST_REV, submissions, workers
+from hpcscale.statestore.schema import SQLITE_LAST_REV, events, submissions, workers
 from hpcscale.statestore.tasks import Tasks
 from hpcscale.statestore.workers import WORKER_COLUMNS, Workers, live_workers, rows_to_workers
 
@@ -33,7 +34,8 @@ ALL = 2**31 - 1  # a manager's first read: every open submission, however many
 
 
 class Observe(Tasks, Workers, ManagerRecords):
-    """The reads of the other parts, nested into the one transaction opened here."""
+    """The manager's cycle: the other parts' reads, nested into the one transaction opened
+    here, and the pools' histories (queue waits, failed starts) its estimates are made from."""
 
     def observe(self, manager: str, ask: ObserveRequest) -> CycleView:
         """All of `manager`'s cycle reads, from one snapshot. Its workers: every live one and
@@ -58,6 +60,69 @@ class Observe(Tasks, Workers, ManagerRecords):
                 cursor=cursor,
                 feed=feed,
             )
+
+    def pool_history(self, pool: str, since: float, limit: int = 50) -> PoolHistory:
+        return self.pool_histories([(pool, since)], limit)[0]
+
+    def pool_histories(
+        self, asks: Sequence[tuple[str, float]], limit: int = 50
+    ) -> list[PoolHistory]:
+        """Per (pool, since): queue waits (submission -> registration) of its newest `limit`
+        workers, failed starts since `since`, its last registration. Three statements for
+        all the pools (a UNION ALL of one index range each), not three a pool: a manager asks
+        for all its pools every cycle."""
+        if not asks:
+            return []
+        pools = [pool for pool, _ in asks]
+        newest = [  # down ix_workers_pool_started, newest first
+            select(
+                literal(pool).label("pool"),
+                workers.c.started_at.label("started"),
+                (workers.c.started_at - submissions.c.created_at).label("wait"),
+            )
+            .select_from(workers.join(submissions, workers.c.submission == submissions.c.tag))
+            .where(workers.c.pool == pool)
+            .order_by(workers.c.started_at.desc())
+            .limit(limit)
+            .subquery()
+            for pool in pools
+        ]
+        last = [  # the newest registration, not max() over the pool's history
+            select(literal(pool).label("pool"), workers.c.started_at.label("started"))
+            .where(workers.c.pool == pool, workers.c.submission.is_not(None))
+            .order_by(workers.c.started_at.desc())
+            .limit(1)
+            .subquery()
+            for pool in pools
+        ]
+        waits: dict[str, list[tuple[float, float]]] = {pool: [] for pool in pools}
+        failed: dict[str, list[float]] = {pool: [] for pool in pools}
+        latest: dict[str, float] = {}
+        with self._read() as conn:
+            for r in union_rows(conn, [select(part) for part in newest]):
+                waits[r.pool].append((float(r.started), max(0.0, float(r.wait))))
+            for r in union_rows(conn, [select(part) for part in last]):
+                latest[r.pool] = float(r.started)
+            starts = conn.execute(
+                select(events.c.ts, events.c.detail)
+                .where(
+                    events.c.kind == "pool.failed_start",
+                    events.c.ts >= min(since for _, since in asks),
+                )
+                .order_by(events.c.ts)
+            )
+            for start in starts:  # the detail is "<pool> <element or worker id>"
+                pool = (start.detail or "").split(" ", 1)[0]
+                if pool in failed:
+                    failed[pool].append(float(start.ts))
+        return [
+            PoolHistory(
+                queue_waits=[w for _, w in sorted(waits[pool], reverse=True)],
+                failed_starts=[t for t in failed[pool] if t >= since],
+                last_registration=latest.get(pool),
+            )
+            for pool, since in asks
+        ]
 
     def _cursor(self, conn: Connection) -> tuple[int, str]:
         """The worker feed's cursor and what it is valid in (the feed). SQLite: this store's

@@ -71,6 +71,12 @@ class Tasks(StoreBase):
             )
         return ids, False
 
+    def submit_seq(self) -> int:
+        """A number that grows with every submit: managers long-poll on it for new work."""
+        with self._read() as conn:
+            value = conn.execute(select(func.max(tasks.c.id))).scalar()
+        return int(value or 0)
+
     def claimable(self, queues: Sequence[str] | None = None) -> list[Backlog]:
         """Waiting tasks per queue: counts from waiting_counts (a few rows, not 10^6 tasks) and
         each queue's oldest from the partial index ix_tasks_waiting_age (one seek each)."""

@@ -40,6 +40,19 @@ def check(store: Store) -> None:
         )
 
 
+def random_specs(rng: random.Random) -> list[TaskSpec]:
+    """One to six tasks, each of a random queue, size and number of attempts."""
+    return [
+        TaskSpec(
+            command=["true"],
+            queue=rng.choice(QUEUES),
+            slots=rng.choice([1, 1, 2, 4]),
+            max_attempts=rng.choice([1, 2]),
+        )
+        for _ in range(rng.randint(1, 6))
+    ]
+
+
 def test_counts_follow_every_kind_of_change(store: Store, clock: FakeClock) -> None:
     rng = random.Random(7)
     workers = [
@@ -49,16 +62,7 @@ def test_counts_follow_every_kind_of_change(store: Store, clock: FakeClock) -> N
     held: dict[str, list[Lease]] = {w: [] for w in workers}
 
     def submit() -> None:
-        specs = [
-            TaskSpec(
-                command=["true"],
-                queue=rng.choice(QUEUES),
-                slots=rng.choice([1, 1, 2, 4]),
-                max_attempts=rng.choice([1, 2]),
-            )
-            for _ in range(rng.randint(1, 6))
-        ]
-        store.submit(specs)
+        store.submit(random_specs(rng))
 
     def claim() -> None:
         worker = rng.choice(workers)

@@ -72,6 +72,25 @@ def assert_mirrors(store: Store, mirror: Mirror) -> None:
         s.model_dump(exclude={"detail", "updated_at"}) for s in subs]  # fmt: skip
 
 
+def change_submission(store: Store, rng: random.Random, op: str, step: int) -> bool:
+    """One of the manager's changes to its submissions (`op`); True if it recorded a new one."""
+    tags = [s.tag for s in store.list_submissions(manager="m", open_only=True)]
+    if op == "intent" or not tags:
+        store.record_intent(SubmissionIntent(tag=f"t{step}", manager="m", pool=POOL, count=2))
+        return True
+    if op == "confirm":
+        confirmed = SubmissionUpdate(state=SubmissionState.CONFIRMED, job_ids=[str(step)])
+        store.update_submission(rng.choice(tags), confirmed)
+    elif op == "end":
+        state = rng.choice([SubmissionState.ENDED, SubmissionState.FAILED])
+        store.update_submission(rng.choice(tags), SubmissionUpdate(state=state))
+    else:  # a detail alone: not followed, the manager does not read it
+        tag = rng.choice(tags)
+        sub = store.get_submission(tag)
+        store.update_submission(tag, SubmissionUpdate(state=sub.state, detail="a note"))
+    return False
+
+
 def test_the_copy_follows_every_change_and_only_changes(store: Store, clock: FakeClock) -> None:
     rng = random.Random(7)
     mirror = Mirror(window=HISTORY_WINDOW)
@@ -84,7 +103,6 @@ def test_the_copy_follows_every_change_and_only_changes(store: Store, clock: Fak
                          "gone", "silent", "intent", "confirm", "end", "note"])  # fmt: skip
         changes_state = op in ("register", "deregister", "gone", "silent", "intent", "confirm",
                                "end")  # fmt: skip
-        tags = [s.tag for s in store.list_submissions(manager="m", open_only=True)]
         if op == "register" or not live:
             index += 1
             reg = WorkerRegistration(pool=POOL, queues=["a"], job_id="77", array_index=index,
@@ -113,20 +131,8 @@ def test_the_copy_follows_every_change_and_only_changes(store: Store, clock: Fak
             clock.advance(store.lease_ttl + 1)
             store.expire()
             live.clear()
-        elif op == "intent" or not tags:
-            intent = SubmissionIntent(tag=f"t{step}", manager="m", pool=POOL, count=2)
-            store.record_intent(intent)
-            changes_state = True
-        elif op == "confirm":
-            confirmed = SubmissionUpdate(state=SubmissionState.CONFIRMED, job_ids=[str(step)])
-            store.update_submission(rng.choice(tags), confirmed)
-        elif op == "end":
-            state = rng.choice([SubmissionState.ENDED, SubmissionState.FAILED])
-            store.update_submission(rng.choice(tags), SubmissionUpdate(state=state))
-        else:  # a detail alone: not followed, the manager does not read it
-            tag = rng.choice(tags)
-            sub = store.get_submission(tag)
-            store.update_submission(tag, SubmissionUpdate(state=sub.state, detail="a note"))
+        else:
+            changes_state = change_submission(store, rng, op, step) or changes_state
         clock.advance(rng.uniform(0, 3))
         view = observe(store, mirror)
         if not changes_state:  # heartbeats, claims, results, notes send nothing again
