@@ -13,7 +13,8 @@ HpcscaleError
 ├── CommandError             a subprocess failed or timed out (argv, exit code, stdout, stderr)
 │   └── CommandTimeout
 └── SchedulerError           a scheduler refused or failed
-    ├── PermanentSubmitError the scheduler will refuse this again (QOS limit, bad partition)
+    ├── PermanentSubmitError the scheduler will refuse this again (bad account, QOS or partition)
+    ├── SubmitRefused        the site refuses it for now (a submit limit, a closed partition)
     ├── TransientSchedulerError  worth a retry after reconciling by tag
     └── PreflightUnsupported this scheduler cannot test a job script without submitting it
 """
@@ -100,6 +101,19 @@ class SchedulerError(HpcscaleError):
 
 class PermanentSubmitError(SchedulerError):
     """The scheduler refused the submission for a reason a retry will not fix."""
+
+
+class SubmitRefused(SchedulerError):
+    """The site refused this submission for now: a submit limit (QOSMaxSubmitJobPerUserLimit,
+    AssocMaxSubmitJobLimit, the jobs-per-hour throttle, MaxJobCount) or a DRAIN/INACTIVE
+    partition. It passes by waiting or by asking for fewer: not a failed start, not a broken
+    pool. `reason` is a short key ("QOSMaxSubmitJobPerUserLimit", "partition unavailable"),
+    `message` Slurm's own text."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{reason}: {message}")
 
 
 class TransientSchedulerError(SchedulerError):

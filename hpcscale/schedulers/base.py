@@ -3,9 +3,10 @@
 In the spirit of Parsl's providers, kept small: `submit` one array of `count` elements tagged
 with the submission's tag, `test_submit` the same without creating anything (pre-flight),
 `status` of every element of this manager (one scheduler query per cycle for all pools),
-`cancel` whole submissions or pending elements only, plus the adapter's limits
-(`max_array_size`). Each adapter translates its own state codes into `ElementState` with a
-table next to it (see `slurm/states.py`, `local/adapter.py`).
+`cancel` whole submissions or pending elements only, plus what the site allows
+(`max_array_size`, `site_limits`) and what it has charged (`accounted_seconds`). Each adapter
+translates its own state codes into `ElementState` with a table next to it (see
+`slurm/states.py`, `local/adapter.py`).
 
 Schedulers know nothing of the statestore: they take a script, a count and a tag, and report
 what the cluster says.
@@ -88,7 +89,10 @@ class ElementStatus:
     state: ElementState
     tag: str  # the submission tag (Slurm: the job's --comment)
     name: str  # hpcscale.<manager>.<pool>
-    reason: str = ""
+    # Why it waits, in the scheduler's words (Slurm's squeue %r: Priority, Resources,
+    # PartitionDown, QOSMaxJobsPerUserLimit, BeginTime, ...), or the adapter's note on how an
+    # end was learnt; None when there is nothing to say (a running element).
+    reason: str | None = None
     exit_code: int | None = None
 
     @property
@@ -100,6 +104,24 @@ class ElementStatus:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+
+@dataclass(frozen=True)
+class SiteLimits:
+    """What the site allows this pool's jobs now, read from its limits and the user's queue.
+
+    `allowance`: how many more elements it accepts now (the tightest of the submit limits
+    minus the jobs that count against it, the user's other jobs included; an array element
+    counts one); `running_allowance`: how many more may run at once (beyond it elements pend);
+    `max_array_size`: an array's indices must be below it. None: no such limit known.
+    `binding` names the limit that binds, for `status` and `why`; `read_at` is time.time().
+    """
+
+    allowance: int | None
+    running_allowance: int | None
+    max_array_size: int | None
+    binding: str
+    read_at: float
 
 
 def job_name(manager: str, pool: str) -> str:
@@ -175,6 +197,16 @@ class Scheduler(ABC):
     def find(self, tag: str) -> list[ElementStatus]:
         """The elements of one submission (reconciliation by tag)."""
         return self.status([check_tag(tag)])
+
+    def site_limits(self) -> SiteLimits | None:
+        """The site's limits for this pool now (None: this scheduler has none to tell).
+        Raises SchedulerError when they could not be read."""
+        return None
+
+    def accounted_seconds(self, since: float) -> dict[str, float] | None:
+        """CPU-seconds the site has charged per element of this pool's jobs since `since`
+        (epoch seconds), from its accounting; None where there is no accounting."""
+        return None
 
     @abstractmethod
     def cancel(self, ids: Sequence[str], pending_only: bool = False) -> None:

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from hpcscale.errors import PermanentSubmitError, SchedulerError, TransientSchedulerError
+from hpcscale.errors import (
+    PermanentSubmitError,
+    SchedulerError,
+    SubmitRefused,
+    TransientSchedulerError,
+)
 from hpcscale.schedulers.base import ElementState, split_count
 from hpcscale.schedulers.slurm.adapter import SlurmScheduler, command_env, sbatch_argv
 from hpcscale.schedulers.slurm.parse import (
@@ -53,9 +58,9 @@ def test_parse_squeue_lines_and_ranges() -> None:
         ("8", S.CANCELLED, "tagB"),
         ("9_0", S.UNKNOWN, "tagC"),
     ]
-    assert elements[0].reason == "" and elements[1].reason == "JobArrayTaskLimit"
+    assert elements[0].reason is None and elements[1].reason == "JobArrayTaskLimit"
     assert elements[4].array_index == REMAINDER and elements[4].pool == "gpu"
-    assert "WEIRD_NEW_STATE" in elements[5].reason
+    assert "WEIRD_NEW_STATE" in (elements[5].reason or "")
     assert expand_indices("[0-2,5]") == [0, 1, 2, 5] and expand_indices("junk") == []
 
 
@@ -76,12 +81,14 @@ def test_classify_and_argv() -> None:
     assert classify("sbatch: error: Socket timed out on send/recv operation") == "transient"
     assert classify("Unable to contact slurm controller (connect failure)") == "transient"
     qos = "Batch job submission failed: Job violates accounting/QOS policy (job submit limit"
-    assert classify(qos) == "permanent"
-    assert classify("error: QOSMaxSubmitJobPerUserLimit") == "permanent"
+    assert classify(qos) == "refused"
+    assert classify("error: QOSMaxSubmitJobPerUserLimit") == "refused"
+    assert classify(f"error: QOSMaxWallDurationPerJobLimit\n{qos}") == "permanent"
     assert classify("Batch job submission failed: Invalid partition name specified") == "permanent"
     assert classify("something new") == "unknown"
     assert sbatch_argv("hpcscale.m.p", "t1", 3, 2) == [
         "sbatch", "--parsable", "--array=0-2%2", "--job-name=hpcscale.m.p", "--comment=t1",
+        "--requeue",
     ]  # fmt: skip
     assert split_count(7, 3) == [3, 3, 1] and split_count(3, 1001) == [3]
 
@@ -206,7 +213,7 @@ def test_real_permanent_refusal_is_not_retried(lab: tuple[str, str], tmp_path: P
 
 
 @pytest.mark.slurm
-def test_fake_qos_refusal_is_permanent_and_called_once(
+def test_fake_qos_refusal_is_refused_for_now_and_called_once(
     lab: tuple[str, str], tmp_path: Path, fake_bin: Path
 ) -> None:
     counter = tmp_path / "calls"
@@ -220,8 +227,10 @@ def test_fake_qos_refusal_is_permanent_and_called_once(
         "exit 1\n",
     )
     scheduler = SlurmScheduler(unique("m"), "cpu", settle=0.2, retry_delay=0.1)
-    with pytest.raises(PermanentSubmitError, match="QOS"):
+    with pytest.raises(SubmitRefused, match="QOS") as info:
         scheduler.submit(job_script(tmp_path), 1, unique("tag"))
+    assert info.value.reason == "QOSMaxSubmitJobPerUserLimit"
+    assert "Batch job submission failed" in info.value.message
     assert calls(counter) == 1
 
 
@@ -279,7 +288,7 @@ def test_element_that_leaves_the_queue_unseen_is_reported_ended(
     assert [(e.element_id, e.state) for e in gone] == [
         (f"{sub.job_ids[0]}_{i}", S.COMPLETED) for i in (0, 1)
     ]
-    assert all("no accounting" in e.reason for e in gone)
+    assert all("no accounting" in (e.reason or "") for e in gone)
     assert scheduler.find(tag) == gone  # stable across looks
     monkeypatch.undo()
     scheduler.cancel(sub.job_ids)

@@ -110,7 +110,7 @@ def test_pid_reuse_does_not_pass_for_a_live_element(tmp_path: Path) -> None:
     )
     (job_dir / "0.cancel").unlink()
     element = sched.find(tag)[0]
-    assert element.state is S.FAILED and "died" in element.reason
+    assert element.state is S.FAILED and "died" in (element.reason or "")
     assert real_supervisor != f"{os.getpid()}:1"
 
 
@@ -126,7 +126,8 @@ def test_orphaned_script_counts_as_running_until_cancelled(tmp_path: Path) -> No
     child = str(record["child"])
     # The script outlives its supervisor: still running (it holds its slot), cancel ends it.
     element = wait_for(
-        "orphan noticed", lambda: (lambda e: e if "died" in e.reason else None)(sched.find(tag)[0])
+        "orphan noticed",
+        lambda: (lambda e: e if "died" in (e.reason or "") else None)(sched.find(tag)[0]),
     )
     assert element.state is S.RUNNING and alive(child)
     sched.cancel(sub.job_ids)

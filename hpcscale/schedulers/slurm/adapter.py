@@ -14,8 +14,13 @@ Every call goes through `hpcscale.proc.run` (argv list, timeout, never a shell).
   must not turn into a burst of "failed starts" that trips the breaker.
 - Submission is idempotent by tag: after a timeout, a transient error or an error we do not
   recognise, the tag is looked up in the queue before anything else; sbatch is retried only
-  when the tag is absent and the error was transient. Permanent refusals (QOS/association
-  limits, invalid partition/account/qos, ...) raise PermanentSubmitError at once.
+  when the tag is absent and the error was transient. Permanent refusals (invalid
+  account/qos/partition, per-job size or time limits) raise PermanentSubmitError at once;
+  refusals for now (submit limits, the jobs-per-hour throttle, a DRAIN or INACTIVE partition)
+  raise SubmitRefused at once, so the manager waits and asks for fewer.
+- `site_limits` reads the QOS and association limits (sacctmgr), MaxJobCount and MaxArraySize
+  (scontrol) and the user's whole queue (squeue -u: other jobs count too) each time it is
+  called; the arithmetic is in limits.py. `accounted_seconds` reads sacct.
 - sbatch runs without SBATCH_* (they would override the script's #SBATCH lines, which are the
   config's) and without SLURM_* other than SLURM_CONF (with --export=NONE Slurm still passes
   SLURM_* into the job: a manager running inside an allocation must not leak its own).
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -36,6 +42,7 @@ from hpcscale.errors import (
     CommandTimeout,
     PermanentSubmitError,
     SchedulerError,
+    SubmitRefused,
     TransientSchedulerError,
 )
 from hpcscale.schedulers.base import (
@@ -43,6 +50,7 @@ from hpcscale.schedulers.base import (
     ElementState,
     ElementStatus,
     Scheduler,
+    SiteLimits,
     Submission,
     check_ids,
     check_tag,
@@ -50,16 +58,20 @@ from hpcscale.schedulers.base import (
     manager_prefix,
     split_count,
 )
+from hpcscale.schedulers.slurm import limits
+from hpcscale.schedulers.slurm.limits import PoolRequest
 from hpcscale.schedulers.slurm.parse import (
+    ACCOUNTED_FORMAT,
     REMAINDER,
     SQUEUE_FORMAT,
+    parse_accounted,
     parse_config,
     parse_job_id,
     parse_sacct,
     parse_squeue,
     slurm_message,
 )
-from hpcscale.schedulers.slurm.states import classify
+from hpcscale.schedulers.slurm.states import classify, refusal_reason
 
 log = logging.getLogger(__name__)
 S = ElementState
@@ -72,9 +84,18 @@ def array_spec(count: int, throttle: int | None = None) -> str:
 
 
 def sbatch_argv(name: str, tag: str, count: int, throttle: int | None = None) -> list[str]:
-    """The exact sbatch command for one array (the script goes to its stdin)."""
+    """The exact sbatch command for one array (the script goes to its stdin). `--requeue`
+    whatever the site's default: a preempted or NODE_FAILed element comes back under the same
+    id, which the manager keeps counting, instead of being lost with its slot."""
     array = array_spec(count, throttle)
-    return ["sbatch", "--parsable", f"--array={array}", f"--job-name={name}", f"--comment={tag}"]
+    return [
+        "sbatch",
+        "--parsable",
+        f"--array={array}",
+        f"--job-name={name}",
+        f"--comment={tag}",
+        "--requeue",
+    ]
 
 
 def command_env() -> dict[str, str]:
@@ -102,9 +123,11 @@ class SlurmScheduler(Scheduler):
         retry_delay: float = 2.0,
         settle: float = 2.0,
         max_array_size: int | None = None,
+        request: PoolRequest | None = None,
     ) -> None:
         self.manager = manager
         self.pool = pool
+        self.request = request or PoolRequest()
         self.job_name = job_name(manager, pool)
         self.prefix = manager_prefix(manager)
         self.throttle = throttle
@@ -203,8 +226,8 @@ class SlurmScheduler(Scheduler):
             kind = classify(exc.stderr + exc.stdout)
             if kind == "transient" or exc.returncode is None:
                 raise TransientSchedulerError(f"sbatch --test-only: {message}") from exc
-            if kind == "permanent":
-                raise PermanentSubmitError(message) from exc
+            if kind in ("refused", "permanent"):
+                raise refusal(exc, message) from exc
             raise SchedulerError(message) from exc
 
     def submit(self, script: str, count: int, tag: str) -> Submission:
@@ -235,8 +258,8 @@ class SlurmScheduler(Scheduler):
                 last, kind = exc, "transient"
             except CommandError as exc:
                 last, kind = exc, classify(exc.stderr + exc.stdout)
-                if kind == "permanent":
-                    raise PermanentSubmitError(f"sbatch refused ({tag}): {exc}") from exc
+                if kind in ("refused", "permanent"):
+                    raise refusal(exc, f"sbatch refused ({tag}): {exc}") from exc
             # The job may exist although sbatch said otherwise: look before trying again.
             found = self._lookup_new(tag, known)
             if found:
@@ -348,6 +371,52 @@ class SlurmScheduler(Scheduler):
             log.warning("sacct failed (%s); reporting vanished elements as completed", exc)
             return {}
 
+    def site_limits(self) -> SiteLimits:
+        """What the site accepts now for this pool (see limits.py). MaxJobCount and
+        MaxArraySize only, when accounting is off, limits are not enforced or sacctmgr fails."""
+        self._config = None  # re-read: a site may change MaxJobCount or MaxArraySize
+        config = self._cluster_config()
+        user = pwd.getpwuid(os.getuid()).pw_name
+        argv = ["squeue", "-h", "-r", "-u", user, "-t", limits.USER_JOBS_STATES]
+        jobs = limits.parse_user_jobs(self._run([*argv, "-o", limits.USER_JOBS_FORMAT]).stdout)
+        now = time.time()
+        if not limits.limits_enforced(config):
+            return limits.site_limits(user=user, config=config, jobs=jobs, read_at=now)
+        try:
+            sacctmgr = ["sacctmgr", "-nP", "show"]
+            rows = self._run(
+                [
+                    *sacctmgr,
+                    "user",
+                    "withassoc",
+                    "where",
+                    f"user={user}",
+                    f"format={limits.ASSOC_FORMAT}",
+                ]
+            ).stdout
+            assoc = limits.pick_assoc(limits.parse_assocs(rows), self.request)
+            qos_name = limits.pool_qos(self.request, assoc)
+            table = self._run(
+                [*sacctmgr, "qos", "where", f"name={qos_name}", f"format={limits.QOS_FORMAT}"]
+            ).stdout
+            qos = limits.parse_qos(table).get(qos_name)
+        except SchedulerError as exc:
+            log.warning("cannot read QOS/association limits (%s): MaxJobCount only", exc)
+            return limits.site_limits(user=user, config=config, jobs=jobs, read_at=now)
+        return limits.site_limits(
+            user=user, config=config, jobs=jobs, read_at=now, qos=qos, assoc=assoc
+        )
+
+    def accounted_seconds(self, since: float) -> dict[str, float] | None:
+        """CPU-seconds per element of this pool's jobs since `since`, every run of a requeued
+        element included (sacct -D); None without accounting."""
+        if not self.accounting:
+            return None
+        start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since))
+        argv = ["sacct", "-n", "-P", "-X", "-D", f"--name={self.job_name}"]
+        argv += ["-S", start, "-E", "now", f"--format={ACCOUNTED_FORMAT}"]
+        return parse_accounted(self._run(argv).stdout, since, time.time())
+
     def cancel(self, ids: Sequence[str], pending_only: bool = False) -> None:
         targets = check_ids(ids)
         if not targets:
@@ -363,6 +432,14 @@ class SlurmScheduler(Scheduler):
         ]
         if result.returncode != 0 and problems:
             raise SchedulerError(f"scancel {' '.join(targets)}: {' | '.join(problems[-3:])}")
+
+
+def refusal(exc: CommandError, message: str) -> SchedulerError:
+    """A refusal as its error: SubmitRefused when it passes by waiting, else permanent."""
+    reason = refusal_reason(exc.stderr + exc.stdout)
+    if reason is not None:
+        return SubmitRefused(reason, slurm_message(exc))
+    return PermanentSubmitError(message)
 
 
 def _resolved(

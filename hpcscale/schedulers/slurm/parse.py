@@ -7,14 +7,17 @@ output alone. The adapter runs the commands and hands their output to these.
 from __future__ import annotations
 
 import re
+import time
 
 from hpcscale.errors import CommandError, SchedulerError
 from hpcscale.schedulers.base import ElementState, ElementStatus
 from hpcscale.schedulers.slurm.states import SLURM_STATES
+from hpcscale.units import parse_duration
 
 S = ElementState
 
 SQUEUE_FORMAT = "%i|%F|%K|%T|%j|%k|%r"  # reason last: the only free text
+ACCOUNTED_FORMAT = "JobID,Start,End,Elapsed,AllocCPUS,State"
 REMAINDER = -1  # array_index of an ended array's never-started elements, when not resolvable
 _RANGE_RE = re.compile(r"^\[?([0-9,\-]+)(?:%\d+)?\]?$")
 
@@ -67,7 +70,6 @@ def parse_squeue(text: str, prefix: str) -> list[ElementStatus]:
             master = master if master.isdigit() else job.split("_")[0]
         else:
             indices = expand_indices(task)
-        reason = "" if reason == "None" else reason
         for index in indices:
             out.append(
                 ElementStatus(
@@ -77,10 +79,15 @@ def parse_squeue(text: str, prefix: str) -> list[ElementStatus]:
                     state=mapped,
                     tag=comment if comment != "(null)" else "",
                     name=name,
-                    reason=reason if mapped is not S.UNKNOWN else f"slurm state {state}",
+                    reason=_reason(reason) if mapped is not S.UNKNOWN else f"slurm state {state}",
                 )
             )
     return out
+
+
+def _reason(text: str) -> str | None:
+    """squeue's %r, None when it has nothing to say (a running element prints "None")."""
+    return None if text in ("", "None", "(null)") else text
 
 
 def parse_sacct(text: str) -> dict[str, tuple[ElementState, int | None, str]]:
@@ -108,4 +115,41 @@ def parse_config(text: str) -> dict[str, str]:
         key, sep, value = line.partition("=")
         if sep:
             out[key.strip()] = value.strip()
+    return out
+
+
+def _epoch(text: str) -> float | None:
+    """sacct's local-time stamp (2026-12-04T19:30:00) as epoch seconds; None for Unknown/None."""
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text.strip())
+    except ValueError:
+        return 0.0
+
+
+def parse_accounted(text: str, since: float, now: float) -> dict[str, float]:
+    """{element id: CPU-seconds since `since`} from `sacct -n -P -X -D --format=ACCOUNTED_FORMAT`:
+    AllocCPUS x the run's time after `since` (Slurm's own Elapsed when the run started after
+    it), summed over an element's runs (a requeued element has one line per run). Runs that
+    never started charge nothing."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 5 or not parts[4].strip().isdigit():
+            continue
+        job_id, start_text, end_text, elapsed_text = parts[:4]
+        start = _epoch(start_text)
+        if start is None or "[" in job_id:
+            continue
+        if start >= since:
+            seconds = _duration(elapsed_text)
+        else:
+            seconds = max(0.0, (_epoch(end_text) or now) - since)
+        out[job_id] = out.get(job_id, 0.0) + seconds * int(parts[4])
     return out

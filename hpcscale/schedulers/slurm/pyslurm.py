@@ -63,7 +63,11 @@ class PyslurmScheduler(SlurmScheduler):
 
     def _sbatch(self, script: str, count: int, tag: str) -> str:
         desc = self._pyslurm.JobSubmitDescription(
-            script=script, name=self.job_name, comment=tag, array=array_spec(count, self.throttle)
+            script=script,
+            name=self.job_name,
+            comment=tag,
+            array=array_spec(count, self.throttle),
+            is_requeueable=True,  # sbatch --requeue, as the command-line backend
         )
         desc.load_sbatch_options()  # the script's #SBATCH lines, as sbatch would read them
         try:
@@ -102,7 +106,7 @@ class PyslurmScheduler(SlurmScheduler):
                         state,
                         str(getattr(job, "comment", "") or ""),
                         name,
-                        "" if reason == "None" else reason,
+                        None if reason in ("", "None") else reason,
                     )
                 )
         return out

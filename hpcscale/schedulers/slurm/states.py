@@ -6,6 +6,8 @@ and shared by both Slurm backends (command line and pyslurm).
 
 from __future__ import annotations
 
+import re
+
 from hpcscale.schedulers.base import ElementState
 
 S = ElementState
@@ -52,12 +54,25 @@ TRANSIENT_PATTERNS = (
     "slurmctld is not responding",
     "try again",
 )
+# Refusals by site policy that pass by waiting or asking for fewer, as Slurm words them (its
+# job_state_reason strings, which sbatch prints on the line before "Batch job submission
+# failed"; src/common/job_state_reason.c, slurm_errno.c, job_submit/throttle) -> our key.
+REFUSAL_PATTERNS = (
+    ("qosmaxsubmitjobperuserlimit", "QOSMaxSubmitJobPerUserLimit"),
+    ("qosgrpsubmitjobslimit", "QOSGrpSubmitJobsLimit"),
+    ("assocmaxsubmitjoblimit", "AssocMaxSubmitJobLimit"),
+    ("assocgrpsubmitjobslimit", "AssocGrpSubmitJobsLimit"),
+    ("maxsubmitjobsperaccount", "MaxSubmitJobsPerAccount"),
+    ("reached jobs per hour limit", "jobs per hour"),  # job_submit/throttle
+    ("maxjobcount limit reached", "MaxJobCount"),  # the controller's queue is full
+    ("required partition not available", "partition unavailable"),  # DRAIN or INACTIVE
+)
+ACCOUNTING_POLICY = "job violates accounting/qos policy"
+# ESLURM_ACCOUNTING_POLICY also covers limits no wait will lift (MaxWall, MaxTRESPerJob, ...):
+# Slurm then names that limit (QOSMaxWallDurationPerJobLimit, AssocMaxCpuPerJobLimit, ...).
+_NAMED_LIMIT = re.compile(r"\b(?:QOS|Assoc)\w*Limit\b")
 # Refusals that will repeat: report them, never retry.
 PERMANENT_PATTERNS = (
-    "qosmaxsubmitjob",
-    "maxsubmitjob",
-    "assocmaxsubmitjob",
-    "job violates accounting/qos policy",
     "invalid partition",
     "invalid account",
     "invalid qos",
@@ -78,10 +93,26 @@ PERMANENT_PATTERNS = (
 )
 
 
-def classify(text: str) -> str:
-    """'permanent', 'transient' or 'unknown' for an sbatch error text."""
+def refusal_reason(text: str) -> str | None:
+    """The key of a refusal that passes by waiting (see REFUSAL_PATTERNS), else None.
+    An accounting-policy refusal naming no limit is taken as one (a site's job_submit plugin
+    throttling); one naming a per-job limit is not."""
     low = text.lower()
-    if any(p in low for p in PERMANENT_PATTERNS):
+    for pattern, reason in REFUSAL_PATTERNS:
+        if pattern in low:
+            return reason
+    if ACCOUNTING_POLICY in low and not _NAMED_LIMIT.search(text):
+        return "accounting policy"
+    return None
+
+
+def classify(text: str) -> str:
+    """'refused' (for now: see refusal_reason), 'permanent', 'transient' or 'unknown' for an
+    sbatch error text."""
+    if refusal_reason(text) is not None:
+        return "refused"
+    low = text.lower()
+    if ACCOUNTING_POLICY in low or any(p in low for p in PERMANENT_PATTERNS):
         return "permanent"
     if any(p in low for p in TRANSIENT_PATTERNS):
         return "transient"
