@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from hpcscale.config import Settings
+from hpcscale.config_checks import host_port
 from hpcscale.models import Role
 from hpcscale.server.app import create_app
 from hpcscale.statestore import Store, open_store
@@ -83,8 +84,6 @@ def ensure_admin_token(store: Store, token_file: str) -> Path:
 def build_uvicorn(app: FastAPI, settings: Settings) -> Any:
     """A uvicorn server for `app` on [server] bind, with TLS when tls_cert/tls_key are set."""
     import uvicorn
-
-    from hpcscale.config import host_port
 
     host, port = host_port(settings.server.bind)
     tls: dict[str, Any] = {}
