@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import ssl
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,7 +34,9 @@ from hpcscale.config_checks import describe as describe  # (public here too: the
 from hpcscale.config_checks import host_port as host_port
 from hpcscale.errors import ConfigError
 from hpcscale.models import MAX_OBSERVED_QUEUES
+from hpcscale.policy import PoolRules
 from hpcscale.units import parse_duration as parse_duration
+from hpcscale.units import worker_lifetime
 from hpcscale.worker.options import check_config_keys, config_key
 
 DEFAULT_CONFIG_PATH = Path("~/.config/hpcscale/config.toml")
@@ -374,42 +375,6 @@ def worker_token_file(settings: Settings, pool: str) -> Path:
     return Path(settings.server.token_file).expanduser().parent / f"worker-{pool}.token"
 
 
-def check_files(settings: Settings) -> list[str]:
-    """Problems with the files the config names that can be seen without starting anything:
-    a token file others can read, TLS files that do not load. One line each, naming the key;
-    `check-config`, `server` and `serve` refuse them before binding a port. A token file that
-    does not exist yet is fine: `server`/`serve` write it on first start."""
-    from hpcscale.tokens import token_file_problem
-
-    server = settings.server
-    problems = []
-    token = Path(server.token_file).expanduser()
-    if token.exists() or token.is_symlink():
-        problem = token_file_problem(token)
-        if problem:
-            problems.append(f"server.token_file: {problem}")
-    for key in ("tls_cert", "tls_key", "tls_ca"):
-        value = getattr(server, key)
-        if value and not Path(value).expanduser().is_file():
-            problems.append(f"server.{key}: {Path(value).expanduser()} is not a readable file")
-    if problems:
-        return problems
-    if server.tls_cert and server.tls_key:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        try:
-            context.load_cert_chain(
-                Path(server.tls_cert).expanduser(), Path(server.tls_key).expanduser()
-            )
-        except (OSError, ssl.SSLError) as exc:
-            problems.append(f"server.tls_cert: cannot load it with server.tls_key: {exc}")
-    if server.tls_ca:
-        try:
-            ssl.create_default_context(cafile=Path(server.tls_ca).expanduser())
-        except (OSError, ssl.SSLError) as exc:
-            problems.append(f"server.tls_ca: cannot load it as PEM certificates: {exc}")
-    return problems
-
-
 def resolve_path(explicit: str | os.PathLike[str] | None) -> Path | None:
     """The config file to read, or None for built-in defaults."""
     if explicit:
@@ -444,3 +409,21 @@ def from_mapping(data: dict[str, Any]) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(describe(exc)) from exc
+
+
+def rules_from_pool(pool: PoolConfig, max_array_size: int = 1000) -> PoolRules:
+    """The decision's view of a pool's config (the manager and the simulator both use it)."""
+    lifetime = worker_lifetime(pool.worker.max_time, pool.slurm.wall_seconds)
+    return PoolRules(
+        min_workers=pool.min_workers,
+        max_workers=pool.max_workers,
+        max_pending=pool.max_pending,
+        max_submit_per_cycle=pool.max_submit_per_cycle,
+        target_drain_time=pool.target_drain_time,
+        slots=pool.worker.slots,
+        max_tasks=pool.worker.max_tasks,
+        lifetime=lifetime,
+        max_array_size=max_array_size,
+        cancel_unneeded_pending=pool.cancel_unneeded_pending,
+        max_submit_per_hour=pool.submit_ceiling,
+    )

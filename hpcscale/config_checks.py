@@ -9,10 +9,17 @@ URLs; values that reach an #SBATCH line; and pydantic's errors rewritten as
 from __future__ import annotations
 
 import re
-from typing import Any
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
+
+from hpcscale.tokens import token_file_problem
+
+if TYPE_CHECKING:
+    from hpcscale.config import Settings
 
 # Values that end up on an #SBATCH line: no newline (a line of its own is shell), no quotes,
 # `$`, backquote or `;`, and no whitespace (sbatch splits an #SBATCH line on it, so "debug
@@ -117,3 +124,37 @@ def _message(error: Any) -> str:
         return f"must be at most {ctx.get('max_length')} characters"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
+
+
+def check_files(settings: Settings) -> list[str]:
+    """Problems with the files the config names that can be seen without starting anything:
+    a token file others can read, TLS files that do not load. One line each, naming the key;
+    `check-config`, `server` and `serve` refuse them before binding a port. A token file that
+    does not exist yet is fine: `server`/`serve` write it on first start."""
+    server = settings.server
+    problems = []
+    token = Path(server.token_file).expanduser()
+    if token.exists() or token.is_symlink():
+        problem = token_file_problem(token)
+        if problem:
+            problems.append(f"server.token_file: {problem}")
+    for key in ("tls_cert", "tls_key", "tls_ca"):
+        value = getattr(server, key)
+        if value and not Path(value).expanduser().is_file():
+            problems.append(f"server.{key}: {Path(value).expanduser()} is not a readable file")
+    if problems:
+        return problems
+    if server.tls_cert and server.tls_key:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(
+                Path(server.tls_cert).expanduser(), Path(server.tls_key).expanduser()
+            )
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"server.tls_cert: cannot load it with server.tls_key: {exc}")
+    if server.tls_ca:
+        try:
+            ssl.create_default_context(cafile=Path(server.tls_ca).expanduser())
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"server.tls_ca: cannot load it as PEM certificates: {exc}")
+    return problems

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from hpcscale.config import PoolConfig
+from hpcscale.models import BreakerState
 
 STARTUP_SECONDS = 10.0
 
@@ -108,7 +108,7 @@ class Observation:
     control: str = "continue"  # continue | pause | drain | exit
     max_workers_override: int | None = None  # `hpcscale set-max`
     window: tuple[int, int] | None = None  # a scheduled window's (min, max)
-    breaker: str = "closed"  # closed | open | probe
+    breaker: BreakerState = BreakerState.CLOSED
     blocked: str | None = None  # the pre-flight check's refusal (the scheduler's message)
     submit_allowance: int | None = None  # workers left of the hourly ceiling; None: no ceiling
     alarm: str | None = None  # e.g. a crash loop: elements ending within seconds, again and again
@@ -167,8 +167,8 @@ def breaker_state(
     """closed | open | probe, from the failed starts since the last worker that registered."""
     recent = [t for t in failures if t > (last_registration or 0.0)]
     if len(recent) < threshold:
-        return "closed"
-    return "open" if now - recent[-1] < cooldown else "probe"
+        return BreakerState.CLOSED
+    return BreakerState.OPEN if now - recent[-1] < cooldown else BreakerState.PROBE
 
 
 def crash_alarm(
@@ -344,11 +344,11 @@ def through_the_breaker(
     obs: Observation, submit: int, state: PoolState, reasons: list[str]
 ) -> tuple[int, PoolState]:
     """Open: submit nothing; probing: one worker at a time until one registers."""
-    if obs.breaker == "open":
+    if obs.breaker == BreakerState.OPEN:
         if submit:
             reasons.append("breaker open after failed starts: submit nothing until the cooldown")
         return 0, PoolState.DEGRADED
-    if obs.breaker == "probe":
+    if obs.breaker == BreakerState.PROBE:
         if submit and obs.unconfirmed + obs.pending + obs.starting == 0:
             reasons.append("breaker probing after its cooldown: one worker to test the waters")
             return 1, PoolState.DEGRADED
@@ -377,22 +377,3 @@ def _state(obs: Observation, desired: int, in_flight: int) -> PoolState:
     if obs.claimable > 0:
         return PoolState.BUSY
     return PoolState.READY
-
-
-def rules_from_pool(pool: PoolConfig, max_array_size: int = 1000) -> PoolRules:
-    """The decision's view of a pool's config (the manager and the simulator both use it)."""
-    wall = pool.slurm.wall_seconds
-    lifetime = min(pool.worker.max_time, wall) if pool.worker.max_time > 0 else wall
-    return PoolRules(
-        min_workers=pool.min_workers,
-        max_workers=pool.max_workers,
-        max_pending=pool.max_pending,
-        max_submit_per_cycle=pool.max_submit_per_cycle,
-        target_drain_time=pool.target_drain_time,
-        slots=pool.worker.slots,
-        max_tasks=pool.worker.max_tasks,
-        lifetime=lifetime,
-        max_array_size=max_array_size,
-        cancel_unneeded_pending=pool.cancel_unneeded_pending,
-        max_submit_per_hour=pool.submit_ceiling,
-    )

@@ -8,7 +8,7 @@ import json
 import shlex
 from typing import Any
 
-from hpcscale import config
+from hpcscale import config, config_checks
 from hpcscale.errors import ConfigError
 
 
@@ -34,7 +34,7 @@ def add_parsers(
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = config.load(args.file or args.config)
-    problems = config.check_files(settings)
+    problems = config_checks.check_files(settings)
     if problems:
         raise ConfigError(problems)
     if args.json:

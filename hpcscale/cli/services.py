@@ -10,7 +10,7 @@ import argparse
 import os
 from typing import Any
 
-from hpcscale import config
+from hpcscale import config, config_checks
 from hpcscale.cli.common import load_settings
 from hpcscale.errors import ConfigError, HpcscaleError
 
@@ -75,7 +75,7 @@ def server_settings(args: argparse.Namespace) -> config.Settings:
     SQLAlchemy."""
     settings = load_settings(args)
     refuse_root(args.allow_root)
-    problems = config.check_files(settings)
+    problems = config_checks.check_files(settings)
     if problems:
         raise ConfigError(problems)
     check_database(settings.server.database)

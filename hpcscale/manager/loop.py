@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcscale.client import Client
-from hpcscale.config import PoolConfig, Settings
+from hpcscale.config import PoolConfig, Settings, rules_from_pool
 from hpcscale.errors import ConfigError, HpcscaleError, SchedulerError
 from hpcscale.jobscript import render
 from hpcscale.manager.act import (
@@ -69,7 +69,6 @@ from hpcscale.policy import (
     Observation,
     PoolRules,
     decide,
-    rules_from_pool,
 )
 from hpcscale.schedulers import ElementStatus, Scheduler, make_scheduler
 

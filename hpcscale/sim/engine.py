@@ -5,7 +5,7 @@ timeouts) before trusting it with an allocation, and a wrong guess costs core-ho
 waiting. The simulator answers "what would this config do with this workload" in seconds, with
 the very functions the service runs, so a number seen here is a number the manager would earn:
 
-- decisions: `policy.decide` on `policy.rules_from_pool(pool)`, fed an `Observation` built the
+- decisions: `policy.decide` on `config.rules_from_pool(pool)`, fed an `Observation` built the
   way `manager.ComputeManager._cycle_pool` builds it (claimable per pool, the blended EWMA of
   `estimate.task_duration`, unconfirmed / pending / starting / registered / leaving-soon, the
   failed-start breaker); one cycle of all pools every `poll_interval`, plus an immediate cycle
@@ -37,8 +37,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from hpcscale import estimate
-from hpcscale.config import ManagerConfig, PoolConfig
+from hpcscale.config import ManagerConfig, PoolConfig, rules_from_pool
 from hpcscale.errors import ConfigError
+from hpcscale.models import StopReason
 from hpcscale.policy import (
     Decision,
     Observation,
@@ -47,7 +48,6 @@ from hpcscale.policy import (
     decide,
     effective_bounds,
     leaving_soon,
-    rules_from_pool,
 )
 from hpcscale.sim.results import PoolResult, Sample, SimResult
 from hpcscale.sim.workloads import DAY, ClusterModel, SimTask
@@ -569,7 +569,7 @@ class Simulation:
         if want <= 0:
             return
         if not worker_rules.may_claim(ws, opts, now, self._expected(pool)):
-            ws.claiming_stopped = "walltime"
+            ws.claiming_stopped = StopReason.WALLTIME
             if not element.running:
                 self._end(element, "walltime")
             return

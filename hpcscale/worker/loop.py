@@ -23,7 +23,7 @@ from types import FrameType
 from hpcscale import proc
 from hpcscale.client import Client
 from hpcscale.errors import ClientError, HpcscaleError, ServerUnavailable
-from hpcscale.models import ClaimedTask, Lease, TaskResult, WorkerRegistration
+from hpcscale.models import ClaimedTask, Lease, StopReason, TaskResult, WorkerRegistration
 from hpcscale.worker import jobenv, runs
 from hpcscale.worker.options import WorkerOptions
 from hpcscale.worker.rules import (
@@ -165,7 +165,7 @@ class WorkerLoop:
                 continue
             if not may_claim(self.state, self.opts, now, self._expected_duration()):
                 log.info("not enough time left for another task: stop claiming")
-                self.state.claiming_stopped = "walltime"
+                self.state.claiming_stopped = StopReason.WALLTIME
                 continue
             try:
                 claimed = self.client.claim(

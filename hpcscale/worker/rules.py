@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpcscale.models import Control
+from hpcscale.models import Control, StopReason
 from hpcscale.worker.options import WorkerOptions
 
 END_GRACE = 10.0  # release running tasks this long before the job's end, before Slurm kills
-ABANDONING = frozenset({"signal", "exit", "unreachable"})  # running tasks are stopped at once
+ABANDONING = frozenset(
+    {StopReason.SIGNAL, StopReason.EXIT, StopReason.UNREACHABLE}
+)  # running tasks are stopped at once
 
 
 @dataclass
@@ -33,7 +35,7 @@ class WorkerProgress:
     signalled: bool = False  # SIGTERM/SIGINT: stop now
     walltime_warned: bool = False  # SIGUSR1: Slurm's warning that the wall time is near
     unreachable_since: float | None = None
-    claiming_stopped: str | None = None  # why no more claims (the worker leaves when idle)
+    claiming_stopped: StopReason | None = None  # why no more claims (the worker leaves when idle)
 
 
 def deadline_of(started: float, max_time: float, job_end: float | None) -> float | None:
@@ -42,34 +44,34 @@ def deadline_of(started: float, max_time: float, job_end: float | None) -> float
     return min(limits) if limits else None
 
 
-def stop_reason(state: WorkerProgress, opts: WorkerOptions, now: float) -> str | None:
+def stop_reason(state: WorkerProgress, opts: WorkerOptions, now: float) -> StopReason | None:
     """Why the worker should stop claiming now, or None. Running tasks still finish unless
     the reason is `signal`, `exit` or `unreachable` (see `must_abandon`)."""
     if state.signalled:
-        return "signal"
+        return StopReason.SIGNAL
     if state.control == Control.EXIT:
-        return "exit"
+        return StopReason.EXIT
     if (
         state.unreachable_since is not None
         and now - state.unreachable_since >= opts.unreachable_timeout
     ):
-        return "unreachable"
+        return StopReason.UNREACHABLE
     if state.control == Control.DRAIN:
-        return "drain"
+        return StopReason.DRAIN
     if opts.max_tasks and state.tasks_started >= opts.max_tasks:
-        return "max_tasks"
+        return StopReason.MAX_TASKS
     if opts.max_time and now - state.started >= opts.max_time:
-        return "max_time"
+        return StopReason.MAX_TIME
     if state.walltime_warned:
-        return "walltime"
+        return StopReason.WALLTIME
     if state.claiming_stopped:
         return state.claiming_stopped
     if state.running == 0 and state.empty_claims >= opts.max_empty_claims and state.surplus:
-        return "idle"
+        return StopReason.IDLE
     return None
 
 
-def must_abandon(reason: str | None, state: WorkerProgress, now: float) -> bool:
+def must_abandon(reason: StopReason | None, state: WorkerProgress, now: float) -> bool:
     """Whether running tasks must be stopped and released now instead of finishing.
 
     At once for `signal`, `exit`, `unreachable`. Otherwise only when the job's end is

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpcscale.config import PoolConfig, SlurmConfig, WorkerConfig
+from hpcscale.config import PoolConfig, SlurmConfig, WorkerConfig, rules_from_pool
 from hpcscale.policy import (
     STARTUP_SECONDS,
     Budget,
@@ -27,7 +27,6 @@ from hpcscale.policy import (
     decide,
     effective_bounds,
     needed_workers,
-    rules_from_pool,
 )
 
 RULES: dict[str, Any] = {

@@ -14,8 +14,15 @@ from typing import Any
 import pytest
 
 from hpcscale.cli import main as cli
-from hpcscale.config import ManagerConfig, PoolConfig, SlurmConfig, WorkerConfig, load
-from hpcscale.policy import decide, rules_from_pool
+from hpcscale.config import (
+    ManagerConfig,
+    PoolConfig,
+    SlurmConfig,
+    WorkerConfig,
+    load,
+    rules_from_pool,
+)
+from hpcscale.policy import decide
 from hpcscale.sim.engine import Simulation, simulate
 from hpcscale.sim.results import SimResult
 from hpcscale.sim.workloads import (
