@@ -20,6 +20,7 @@ from hpcscale.models import (
     SubmissionState,
     SubmissionUpdate,
     Worker,
+    WorkerState,
 )
 from hpcscale.policy import leaving_soon
 from hpcscale.schedulers import NORMAL_END, ElementState, ElementStatus
@@ -167,7 +168,7 @@ def _holding(
         # The store lists the workers at max_tasks; their exact count is not needed.
         started = facts.max_tasks if worker.id in facts.spent else 0
         if leaving_soon(
-            facts.now, worker.expected_end, worker.state.value == "draining",
+            facts.now, worker.expected_end, worker.state == WorkerState.DRAINING,
             started, facts.max_tasks, facts.est_duration,
         ):  # fmt: skip
             view.leaving_soon += 1

@@ -27,7 +27,7 @@ from hpcscale.errors import (
 )
 from hpcscale.jobscript import render
 from hpcscale.manager.elements import PoolView
-from hpcscale.models import LIVE_WORKER_STATES, PoolHistory, Worker
+from hpcscale.models import LIVE_WORKER_STATES, BreakerState, PoolHistory, Worker
 from hpcscale.policy import Budget, Decision, PoolState, breaker_state, crash_alarm
 from hpcscale.schedulers import Scheduler
 
@@ -90,7 +90,7 @@ class Health:
     """The breaker's and the alarm's inputs and outcome for one pool and cycle."""
 
     failures: list[float]  # when each failed start in the store's window happened
-    breaker: str  # closed | open | probe (policy.breaker_state)
+    breaker: BreakerState  # policy.breaker_state
     alarm: str | None  # the crash-loop alarm's message (policy.crash_alarm)
 
 
@@ -106,7 +106,9 @@ def pool_health(
     its failed starts (`recorded_now`): they count now."""
     failures = [*history.failed_starts, *[now] * recorded_now]
     last = last_healthy_registration(workers, history, counted)
-    breaker = breaker_state(failures, last, now, cfg.breaker_failures, cfg.breaker_cooldown)
+    breaker = BreakerState(
+        breaker_state(failures, last, now, cfg.breaker_failures, cfg.breaker_cooldown)
+    )
     alarm = crash_alarm(failures, now, cfg.breaker_window, cfg.breaker_failures)
     return Health(failures, breaker, alarm)
 
