@@ -412,6 +412,8 @@ class SlurmScheduler(Scheduler):
         element included (sacct -D); None without accounting."""
         if not self.accounting:
             return None
+        if since >= time.time():
+            return {}  # sacct refuses a start after its end
         start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since))
         argv = ["sacct", "-n", "-P", "-X", "-D", f"--name={self.job_name}"]
         argv += ["-S", start, "-E", "now", f"--format={ACCOUNTED_FORMAT}"]
