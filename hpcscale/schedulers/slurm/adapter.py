@@ -40,9 +40,7 @@ from hpcscale import proc
 from hpcscale.errors import (
     CommandError,
     CommandTimeout,
-    PermanentSubmitError,
     SchedulerError,
-    SubmitRefused,
     TransientSchedulerError,
 )
 from hpcscale.schedulers.base import (
@@ -69,9 +67,10 @@ from hpcscale.schedulers.slurm.parse import (
     parse_job_id,
     parse_sacct,
     parse_squeue,
+    refusal,
     slurm_message,
 )
-from hpcscale.schedulers.slurm.states import classify, refusal_reason
+from hpcscale.schedulers.slurm.states import classify
 
 log = logging.getLogger(__name__)
 S = ElementState
@@ -434,14 +433,6 @@ class SlurmScheduler(Scheduler):
         ]
         if result.returncode != 0 and problems:
             raise SchedulerError(f"scancel {' '.join(targets)}: {' | '.join(problems[-3:])}")
-
-
-def refusal(exc: CommandError, message: str) -> SchedulerError:
-    """A refusal as its error: SubmitRefused when it passes by waiting, else permanent."""
-    reason = refusal_reason(exc.stderr + exc.stdout)
-    if reason is not None:
-        return SubmitRefused(reason, slurm_message(exc))
-    return PermanentSubmitError(message)
 
 
 def _resolved(

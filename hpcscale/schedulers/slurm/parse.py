@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 import time
 
-from hpcscale.errors import CommandError, SchedulerError
+from hpcscale.errors import CommandError, PermanentSubmitError, SchedulerError, SubmitRefused
 from hpcscale.schedulers.base import ElementState, ElementStatus
-from hpcscale.schedulers.slurm.states import SLURM_STATES
+from hpcscale.schedulers.slurm.states import SLURM_STATES, refusal_reason
 from hpcscale.units import parse_duration
 
 S = ElementState
@@ -27,6 +27,14 @@ def slurm_message(exc: CommandError) -> str:
     lines = [line.strip() for line in (exc.stderr or exc.stdout or "").splitlines()]
     text = " | ".join(line for line in lines if line)
     return text[:2000] if text else str(exc)
+
+
+def refusal(exc: CommandError, message: str) -> SchedulerError:
+    """A refusal as its error: SubmitRefused when it passes by waiting, else permanent."""
+    reason = refusal_reason(exc.stderr + exc.stdout)
+    if reason is not None:
+        return SubmitRefused(reason, slurm_message(exc))
+    return PermanentSubmitError(message)
 
 
 def parse_job_id(stdout: str) -> str:
