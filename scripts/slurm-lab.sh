@@ -8,6 +8,17 @@
 #   scripts/slurm-lab.sh restart-ctld   restart only slurmctld, keeping its state: running jobs
 #                                       go on, the queue is read back (the chaos soak's fault)
 #
+# SLURM_LAB_ACCOUNTING=1 makes it a second, independent kind of lab, with accounting and limits
+# like a real site's (default dir /tmp/hpcscale-slurm-lab-acct, ClusterName hpcscaleacct): a
+# private MariaDB (Debian's mariadb-server) and a slurmdbd, AccountingStorageEnforce=
+# associations,limits,qos, account hpcscale-lab, QOS normal (root's default, no limits) and high
+# (Preempt=normal, PreemptType=preempt/qos, PreemptMode=REQUEUE). Tests change limits at run time
+# with `sacctmgr -i modify qos normal set MaxSubmitJobsPerUser=4` and reset them with =-1. Its
+# env.sh also exports HPCSCALE_TEST_SLURM_ACCOUNTING=1 (see write_env). It can run side by side
+# with a plain lab (its own dir, ports, munge socket); `up` starts from an empty accounting DB.
+# The same up|down|env|status|restart-ctld commands; `down` in either mode stops whatever the dir
+# has running, MariaDB and slurmdbd included.
+#
 # Everything lives under $SLURM_LAB_DIR (default /tmp/hpcscale-slurm-lab): config, munge key and
 # socket, state, spool, logs, pid files. Nothing in /etc is touched, no systemd is needed, and
 # every daemon runs as root (the machines this targets: Debian 12, root, no cgroup freezer).
@@ -15,10 +26,28 @@
 # CI=true and no stdin.
 set -euo pipefail
 
-DIR="${SLURM_LAB_DIR:-/tmp/hpcscale-slurm-lab}"
+ACCOUNTING="${SLURM_LAB_ACCOUNTING:-0}"
+case "$ACCOUNTING" in 1 | true | yes) ACCOUNTING=1 ;; *) ACCOUNTING=0 ;; esac
+if [ "$ACCOUNTING" = 1 ]; then
+    DIR="${SLURM_LAB_DIR:-/tmp/hpcscale-slurm-lab-acct}"
+    CLUSTER=hpcscaleacct
+else
+    DIR="${SLURM_LAB_DIR:-/tmp/hpcscale-slurm-lab}"
+    CLUSTER=hpcscalelab
+fi
 CONF="$DIR/slurm.conf"
 NODES=(n1 n2 n3 n4)
 PACKAGES=(slurmctld slurmd slurm-client munge)
+# eatmydata: fsync made a no-op for the throwaway DB (mariadb-install-db 4 s -> 0.5 s here).
+[ "$ACCOUNTING" = 1 ] && PACKAGES+=(slurmdbd mariadb-server eatmydata)
+# The accounting lab: its MariaDB (files owned by the mysql user the package creates), its DB.
+DB_DIR="$DIR/mariadb"
+DB_SOCKET="$DB_DIR/run/mariadb.sock"
+DB_PID="$DB_DIR/run/mariadbd.pid"
+DB_NAME=slurm_acct_db
+DB_USER=slurm
+DB_PASS=hpcscale-lab  # a throwaway DB reachable only on 127.0.0.1
+ACCOUNT=hpcscale-lab
 
 log() { printf 'slurm-lab: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -85,7 +114,7 @@ free_ports() {
 alive() {
     local file=$1 name=$2 pid
     [ -s "$file" ] || return 1
-    pid="$(cat "$file")"
+    pid="$(cat "$file" 2>/dev/null)" || return 1  # the daemon may remove it as it exits
     [ -r "/proc/$pid/cmdline" ] || return 1
     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$name"
 }
@@ -93,10 +122,13 @@ alive() {
 write_conf() {
     local host ports i
     host="$(hostname -s)"
-    mapfile -t ports < <(free_ports $((1 + ${#NODES[@]})))
+    # slurmctld, one per slurmd, and (accounting lab) slurmdbd then mariadbd.
+    mapfile -t ports < <(free_ports $((3 + ${#NODES[@]})))
+    DBD_PORT=${ports[$((1 + ${#NODES[@]}))]}
+    DB_PORT=${ports[$((2 + ${#NODES[@]}))]}
     {
         echo "# written by hpcscale scripts/slurm-lab.sh; throwaway"
-        echo "ClusterName=hpcscalelab"
+        echo "ClusterName=$CLUSTER"
         echo "SlurmctldHost=$host(127.0.0.1)"
         echo "SlurmctldPort=${ports[0]}"
         # Root everywhere: the lab is a test fixture on a root-only machine.
@@ -130,14 +162,132 @@ write_conf() {
         echo "MinJobAge=300"
         echo "JobCompType=jobcomp/filetxt"
         echo "JobCompLoc=$DIR/log/jobcomp.txt"
-        echo "AccountingStorageType=accounting_storage/none"
-        echo "JobAcctGatherType=jobacct_gather/none"
+        if [ "$ACCOUNTING" = 1 ]; then
+            # Like a real site's: jobs need an association, QOS and association limits apply.
+            echo "AccountingStorageType=accounting_storage/slurmdbd"
+            echo "AccountingStorageHost=127.0.0.1"
+            echo "AccountingStoragePort=$DBD_PORT"
+            # The munge socket of the clients' (sacctmgr, sacct, slurmctld) connections to
+            # slurmdbd: without it they use the system's /run/munge (AuthInfo is not read there).
+            echo "AccountingStoragePass=$DIR/munge/munge.socket"
+            echo "AccountingStorageEnforce=associations,limits,qos"
+            echo "AccountingStoreFlags=job_comment"
+            echo "JobAcctGatherType=jobacct_gather/linux"
+            echo "PreemptType=preempt/qos"
+            echo "PreemptMode=REQUEUE"
+            # A killed slurmd makes its node DOWN in ~20 s, not the default 5 min.
+            echo "SlurmdTimeout=20"
+        else
+            echo "AccountingStorageType=accounting_storage/none"
+            echo "JobAcctGatherType=jobacct_gather/none"
+        fi
         for i in "${!NODES[@]}"; do
             echo "NodeName=${NODES[$i]} NodeHostname=$host NodeAddr=127.0.0.1 Port=${ports[$((i + 1))]} CPUs=4 State=UNKNOWN"
         done
         echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
     } >"$CONF.new"
     mv "$CONF.new" "$CONF"
+    [ "$ACCOUNTING" = 1 ] && write_dbd_conf
+    return 0
+}
+
+# slurmdbd reads slurmdbd.conf from the dir of $SLURM_CONF and refuses it unless it is mode 0600.
+write_dbd_conf() {
+    (
+        umask 077
+        {
+            echo "# written by hpcscale scripts/slurm-lab.sh; throwaway"
+            echo "AuthType=auth/munge"
+            echo "AuthInfo=socket=$DIR/munge/munge.socket"
+            echo "DbdHost=localhost"
+            echo "DbdAddr=127.0.0.1"
+            echo "DbdPort=$DBD_PORT"
+            echo "SlurmUser=root"
+            echo "PidFile=$DIR/run/slurmdbd.pid"
+            echo "LogFile=$DIR/log/slurmdbd.log"
+            echo "DebugLevel=info"
+            echo "StorageType=accounting_storage/mysql"
+            echo "StorageHost=127.0.0.1"
+            echo "StoragePort=$DB_PORT"
+            echo "StorageUser=$DB_USER"
+            echo "StoragePass=$DB_PASS"
+            echo "StorageLoc=$DB_NAME"
+        } >"$DIR/slurmdbd.conf.new"
+    )
+    chmod 600 "$DIR/slurmdbd.conf.new"
+    mv "$DIR/slurmdbd.conf.new" "$DIR/slurmdbd.conf"
+}
+
+db_sql() { mariadb --no-defaults --socket="$DB_SOCKET" -uroot --batch --skip-column-names "$@"; }
+
+start_mariadb() {
+    alive "$DB_PID" mariadbd && return 0
+    local fresh=0
+    install -d -m 755 -o mysql -g mysql "$DB_DIR" "$DB_DIR/run"
+    # mariadbd runs as mysql: it must reach its files through the lab dir and its parents.
+    runuser -u mysql -- test -w "$DB_DIR/run" ||
+        die "the mysql user cannot reach $DB_DIR (a parent dir without o+x?)"
+    if [ ! -d "$DB_DIR/data/mysql" ]; then
+        rm -rf "$DB_DIR/data"
+        eatmydata mariadb-install-db --no-defaults --user=mysql --datadir="$DB_DIR/data" \
+            --auth-root-authentication-method=normal --skip-test-db \
+            </dev/null >"$DIR/log/mariadb-install-db.log" 2>&1 ||
+            die "mariadb-install-db failed: $(tail -5 "$DIR/log/mariadb-install-db.log")"
+        fresh=1
+    fi
+    rm -f "$DB_SOCKET" "$DB_PID"
+    # Throwaway: no durability needed, a small buffer pool, TCP on loopback only (slurmdbd).
+    setsid eatmydata mariadbd --no-defaults --user=mysql --datadir="$DB_DIR/data" \
+        --socket="$DB_SOCKET" --pid-file="$DB_PID" \
+        --bind-address=127.0.0.1 --port="$DB_PORT" --skip-name-resolve \
+        --innodb-buffer-pool-size=64M --innodb-lock-wait-timeout=900 \
+        --innodb-flush-log-at-trx-commit=2 \
+        --log-error="$DB_DIR/mariadbd.err" </dev/null >/dev/null 2>&1 &
+    if ! wait_for 60 db_sql -e 'select 1'; then
+        if [ "$fresh" = 0 ]; then
+            # A datadir left broken by a killed server: start again from a new one.
+            log "mariadbd did not start on the old datadir; initialising a new one"
+            stop_pid "$DB_PID" mariadbd
+            rm -rf "$DB_DIR/data"
+            start_mariadb
+            return
+        fi
+        die "mariadbd did not start: $(tail -5 "$DB_DIR/mariadbd.err" 2>/dev/null)"
+    fi
+    # Every `up` starts from an empty accounting DB (like slurmctld -c): no jobs, limits or
+    # associations of an earlier run.
+    db_sql <<SQL || die "could not set up the accounting DB"
+DROP DATABASE IF EXISTS $DB_NAME;
+CREATE DATABASE $DB_NAME;
+CREATE USER IF NOT EXISTS '$DB_USER'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';
+CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
+GRANT ALL ON $DB_NAME.* TO '$DB_USER'@'127.0.0.1';
+GRANT ALL ON $DB_NAME.* TO '$DB_USER'@'localhost';
+SQL
+}
+
+start_slurmdbd() {
+    slurmdbd </dev/null || die "slurmdbd did not start: $(tail -5 "$DIR/log/slurmdbd.log")"
+    wait_for 30 sacctmgr -n show cluster ||
+        die "slurmdbd not answering after 30 s: $(tail -5 "$DIR/log/slurmdbd.log")"
+}
+
+# The site's accounting, as slurmctld will find it: cluster, account, root's association, QOS.
+# (~3 s: the add cluster creates the cluster's tables. One sacctmgr reading all the commands
+# from stdin is no faster, and its exit status does not tell which failed.)
+setup_accounting() {
+    local out
+    out="$(
+        {
+            sacctmgr -i add cluster "$CLUSTER" &&
+                sacctmgr -i add account "$ACCOUNT" Cluster="$CLUSTER" \
+                    Description="hpcscale test lab" Organization=hpcscale &&
+                sacctmgr -i add user root Account="$ACCOUNT" DefaultAccount="$ACCOUNT" &&
+                sacctmgr -i add qos high &&
+                sacctmgr -i modify qos high set Preempt=normal Priority=100 &&
+                sacctmgr -i modify user root set qos=normal,high defaultqos=normal
+        } 2>&1
+    )" || die "sacctmgr setup failed: $out"
 }
 
 start_munge() {
@@ -171,6 +321,10 @@ nodes_idle() {
 
 running() {
     alive "$DIR/munge/munged.pid" munged || return 1
+    if [ "$ACCOUNTING" = 1 ]; then
+        alive "$DB_PID" mariadbd || return 1
+        alive "$DIR/run/slurmdbd.pid" slurmdbd || return 1
+    fi
     alive "$DIR/run/slurmctld.pid" slurmctld || return 1
     local n
     for n in "${NODES[@]}"; do alive "$DIR/run/slurmd-$n.pid" slurmd || return 1; done
@@ -178,7 +332,18 @@ running() {
 }
 
 write_env() {
-    printf 'export SLURM_CONF=%q\n' "$CONF" >"$DIR/env.sh"
+    {
+        printf 'export SLURM_CONF=%q\n' "$CONF"
+        if [ "$ACCOUNTING" = 1 ]; then
+            # For tests: this SLURM_CONF is a lab with accounting and limits; the second name
+            # finds it even when SLURM_CONF points at the plain lab.
+            echo "export HPCSCALE_TEST_SLURM_ACCOUNTING=1"
+            printf 'export HPCSCALE_TEST_SLURM_ACCOUNTING_CONF=%q\n' "$CONF"
+            printf 'export HPCSCALE_TEST_SLURM_CLUSTER=%q\n' "$CLUSTER"
+            printf 'export HPCSCALE_TEST_SLURM_ACCOUNT=%q\n' "$ACCOUNT"
+        fi
+    } >"$DIR/env.sh.new"
+    mv "$DIR/env.sh.new" "$DIR/env.sh"
 }
 
 up() {
@@ -198,6 +363,11 @@ up() {
     start_munge
     wait_for 10 test -S "$DIR/munge/munge.socket" || die "munged did not start: $(tail -5 "$DIR/munge/munged.log" 2>/dev/null)"
     export SLURM_CONF="$CONF"
+    if [ "$ACCOUNTING" = 1 ]; then
+        start_mariadb
+        start_slurmdbd
+        setup_accounting
+    fi
     # -c: a throwaway cluster starts from a clean state every time.
     slurmctld -c </dev/null || die "slurmctld did not start: $(tail -5 "$DIR/log/slurmctld.log")"
     for n in "${NODES[@]}"; do
@@ -207,7 +377,11 @@ up() {
         sinfo -N >&2 || true
         die "nodes not idle after 30 s; logs in $DIR/log"
     }
-    log "up: 4 nodes idle; $CONF"
+    if [ "$ACCOUNTING" = 1 ]; then
+        log "up: 4 nodes idle, accounting (slurmdbd :$DBD_PORT, mariadb :$DB_PORT); $CONF"
+    else
+        log "up: 4 nodes idle; $CONF"
+    fi
     cat "$DIR/env.sh"
 }
 
@@ -237,6 +411,9 @@ stop_all() {
     for n in "${NODES[@]}"; do stop_pid "$DIR/run/slurmd-$n.pid" slurmd & pids+=($!); done
     stop_pid "$DIR/run/slurmctld.pid" slurmctld & pids+=($!)
     wait "${pids[@]}" 2>/dev/null || true
+    # The accounting lab's (in either mode: `down` stops whatever this dir has running).
+    stop_pid "$DIR/run/slurmdbd.pid" slurmdbd
+    stop_pid "$DB_PID" mariadbd
     stop_pid "$DIR/munge/munged.pid" munged
     stop_strays
 }
@@ -247,7 +424,7 @@ queue_empty() { [ -z "$(SLURM_CONF="$CONF" squeue -h 2>/dev/null)" ]; }
 # only processes of this lab, known by the SLURM_CONF they were started with.
 stop_strays() {
     local pid
-    for pid in $(pgrep -x 'slurmd|slurmstepd|slurmctld' || true); do
+    for pid in $(pgrep -x 'slurmd|slurmstepd|slurmctld|slurmdbd' 2>/dev/null || true); do
         { tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null | grep -qx "SLURM_CONF=$CONF" &&
             kill -KILL "$pid" 2>/dev/null || true
     done
@@ -276,7 +453,10 @@ down() {
 
 status() {
     local n
-    for f in "$DIR/munge/munged.pid:munged" "$DIR/run/slurmctld.pid:slurmctld"; do
+    local files=("$DIR/munge/munged.pid:munged")
+    [ "$ACCOUNTING" = 1 ] && files+=("$DB_PID:mariadbd" "$DIR/run/slurmdbd.pid:slurmdbd")
+    files+=("$DIR/run/slurmctld.pid:slurmctld")
+    for f in "${files[@]}"; do
         if alive "${f%%:*}" "${f##*:}"; then echo "${f##*:} $(cat "${f%%:*}")"; else echo "${f##*:} down"; fi
     done
     for n in "${NODES[@]}"; do
@@ -291,5 +471,5 @@ case "${1:-}" in
     env) [ -f "$DIR/env.sh" ] || die "no lab at $DIR (run: $0 up)"; cat "$DIR/env.sh" ;;
     status) status ;;
     restart-ctld) restart_ctld ;;
-    *) echo "usage: $0 up|down|env|status|restart-ctld   (dir: \$SLURM_LAB_DIR, default /tmp/hpcscale-slurm-lab)" >&2; exit 2 ;;
+    *) echo "usage: [SLURM_LAB_ACCOUNTING=1] $0 up|down|env|status|restart-ctld   (dir: \$SLURM_LAB_DIR, default /tmp/hpcscale-slurm-lab, or -acct)" >&2; exit 2 ;;
 esac
