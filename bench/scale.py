@@ -85,7 +85,7 @@ from hpcscale.models import (
     WorkerState,
 )
 from hpcscale.schedulers import ElementState, ElementStatus, Scheduler
-from hpcscale.schedulers.base import Submission as Created
+from hpcscale.schedulers.base import CreatedArrays
 from hpcscale.statestore import Store, open_store, schema
 from hpcscale.tokens import write_secret
 
@@ -655,9 +655,9 @@ class Steady(Scheduler):
     def max_array_size(self) -> int:
         return 1001
 
-    def submit(self, script: str, count: int, tag: str) -> Created:
+    def submit(self, script: str, count: int, tag: str) -> CreatedArrays:
         self.submitted += count
-        return Created(tag=tag, job_ids=["1"], count=count)
+        return CreatedArrays(tag=tag, job_ids=["1"], count=count)
 
     def test_submit(self, script: str, count: int, tag: str) -> None:
         return None

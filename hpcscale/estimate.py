@@ -33,6 +33,23 @@ def queue_wait(samples_newest_first: Sequence[float], prior: float = 0.0) -> flo
     return max(0.0, prior if measured is None else measured)
 
 
+def p90(samples: Sequence[float]) -> float | None:
+    """The 90th-percentile sample (nearest rank): how long a worker expects the next task may take
+    before it claims one, so one long task in ten does not run past the wall time."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
+def pool_task_duration(per_queue: Sequence[tuple[Sequence[float], int]], prior: float) -> float:
+    """A pool's seconds per task, for the manager and the simulator alike: each queue's
+    task_duration (recent run times newest first, else the prior), blended by its backlog
+    (the longest queue's when nothing waits)."""
+    durations = [(task_duration(samples, prior), count) for samples, count in per_queue]
+    return blended_duration(durations, max((d for d, _ in durations), default=prior))
+
+
 def blended_duration(per_queue: Sequence[tuple[float, int]], default: float) -> float:
     """One duration for a pool serving several queues: the mean weighted by backlog."""
     weight = sum(count for _, count in per_queue)

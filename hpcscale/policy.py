@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from hpcscale.models import BreakerState
+from hpcscale.models import BreakerState, Control
 
 STARTUP_SECONDS = 10.0
 
@@ -105,7 +105,7 @@ class Observation:
     starting: int = 0  # running, no worker registered yet
     registered: int = 0  # running with a live worker (idle or busy)
     leaving_soon: int = 0  # registered workers that will not take another task
-    control: str = "continue"  # continue | pause | drain | exit
+    control: Control = Control.CONTINUE
     max_workers_override: int | None = None  # `hpcscale set-max`
     window: tuple[int, int] | None = None  # a scheduled window's (min, max)
     breaker: BreakerState = BreakerState.CLOSED
@@ -163,7 +163,7 @@ def breaker_state(
     now: float,
     threshold: int,
     cooldown: float,
-) -> str:
+) -> BreakerState:
     """closed | open | probe, from the failed starts since the last worker that registered."""
     recent = [t for t in failures if t > (last_registration or 0.0)]
     if len(recent) < threshold:
@@ -291,10 +291,10 @@ def held_by_control_or_preflight(
     obs: Observation, reasons: list[str]
 ) -> tuple[int, int, PoolState] | None:
     """(submit, cancel, state) when an admin's control or a failed pre-flight holds the pool."""
-    if obs.control in ("drain", "exit"):
+    if obs.control in (Control.DRAIN, Control.EXIT):
         reasons.append(f"pool is {obs.control}ing: submit nothing, cancel pending")
         return 0, obs.pending, PoolState.DRAINING
-    if obs.control == "pause":
+    if obs.control == Control.PAUSE:
         reasons.append("pool is paused: submit nothing")
         return 0, 0, PoolState.PAUSED
     if obs.blocked is not None:

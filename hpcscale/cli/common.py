@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from hpcscale import config
-from hpcscale.units import duration_flag
 
 if TYPE_CHECKING:
     from hpcscale.client import Client
@@ -46,9 +45,3 @@ def _plain(data: Any) -> Any:
     if isinstance(data, dict):
         return {k: _plain(v) for k, v in data.items()}
     return data
-
-
-def parse_duration_arg(flag: str, value: str) -> float:
-    """A duration flag's value in seconds; a bad one is a usage error naming the flag.
-    (units.duration_flag does the same; cli/simulate.py still calls this one.)"""
-    return duration_flag(flag, value)

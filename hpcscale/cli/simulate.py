@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from hpcscale.cli.common import load_settings, parse_duration_arg
+from hpcscale.cli.common import load_settings
 from hpcscale.config import PoolConfig, Settings
 from hpcscale.errors import ConfigError
 from hpcscale.sim.engine import WAKE_MODES, simulate
@@ -27,6 +27,7 @@ from hpcscale.sim.workloads import (
     read_trace,
     scenario_tasks,
 )
+from hpcscale.units import duration_flag
 
 
 def add_parsers(
@@ -90,9 +91,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     tasks, source, notes = _workload(args, pools)
     cluster = ClusterModel(
         queue_wait=_queue_wait(args),
-        start_latency=parse_duration_arg("--start-latency", args.start_latency),
+        start_latency=duration_flag("--start-latency", args.start_latency),
         failed_start=_probability(args.failed_starts),
-        sbatch_latency=parse_duration_arg("--sbatch-latency", args.sbatch_latency),
+        sbatch_latency=duration_flag("--sbatch-latency", args.sbatch_latency),
         max_array_size=max(1, args.max_array_size),
     )
     result = simulate(
@@ -101,7 +102,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         manager=settings.manager,
         cluster=cluster,
         seed=args.seed,
-        horizon=parse_duration_arg("--horizon", args.horizon),
+        horizon=duration_flag("--horizon", args.horizon),
         wake=args.wake,
         source=source,
     )

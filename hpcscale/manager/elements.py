@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from hpcscale.models import (
     LIVE_WORKER_STATES,
+    StopReason,
     Submission,
     SubmissionState,
     SubmissionUpdate,
@@ -27,8 +28,19 @@ from hpcscale.schedulers import NORMAL_END, ElementState, ElementStatus
 
 INTENT_TIMEOUT = 180.0  # an intent the scheduler never showed by then did not happen
 UNLISTED_AFTER = 60.0  # a confirmed submission the scheduler stopped listing has ended
-# Why a worker may end at once without a task and still be healthy (not a crash).
-PLANNED_ENDS = frozenset({"idle", "drain", "exit", "signal", "max_tasks", "max_time", "walltime"})
+# Why a worker may end at once without a task and still be healthy: ends it chose
+# (invariant 6), never failed starts however early. UNREACHABLE is not one.
+PLANNED_ENDS = frozenset(
+    {
+        StopReason.IDLE,
+        StopReason.DRAIN,
+        StopReason.EXIT,
+        StopReason.SIGNAL,
+        StopReason.MAX_TASKS,
+        StopReason.MAX_TIME,
+        StopReason.WALLTIME,
+    }
+)
 
 
 @dataclass

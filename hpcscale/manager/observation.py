@@ -48,7 +48,7 @@ def observation(
         starting=len(view.starting),
         registered=len(view.registered),
         leaving_soon=view.leaving_soon,
-        control=info.control.value if info else Control.CONTINUE.value,
+        control=info.control if info else Control.CONTINUE,
         max_workers_override=info.max_workers_override if info else None,
         breaker=measured.health.breaker,
         blocked=measured.blocked,
@@ -77,11 +77,6 @@ def task_duration(
     while it has none), then their mean weighted by each queue's backlog (the longest queue's
     when nothing waits)."""
     counts = {b.queue: b.count for b in backlog}
-    known = {s.queue: s for s in stats_of}
-    per_queue = []
-    for queue in pool.queues:
-        stats = known[queue]
-        duration = estimate.task_duration(stats.recent_durations, pool.task_duration_prior)
-        per_queue.append((duration, counts.get(queue, 0)))
-    default = max((d for d, _ in per_queue), default=pool.task_duration_prior)
-    return estimate.blended_duration(per_queue, default)
+    known = {s.queue: s.recent_durations for s in stats_of}
+    per_queue = [(known[queue], counts.get(queue, 0)) for queue in pool.queues]
+    return estimate.pool_task_duration(per_queue, pool.task_duration_prior)

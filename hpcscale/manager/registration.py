@@ -8,29 +8,14 @@ gone, taken over at once.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from hpcscale.client import Client
+from hpcscale.proc import is_alive
 
 
 def dead_predecessor(client: Client, name: str, instance: str, host: str) -> str | None:
     """The instance to replace at once: ours on this host whose process is gone."""
     for info in client.managers():
         mine = info.name == name and info.instance != instance
-        if mine and info.host == host and info.pid and not _pid_alive(info.pid):
+        if mine and info.host == host and info.pid and not is_alive(info.pid):
             return info.instance
     return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purpose
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-    except OSError:
-        return True

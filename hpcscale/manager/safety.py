@@ -106,9 +106,7 @@ def pool_health(
     its failed starts (`recorded_now`): they count now."""
     failures = [*history.failed_starts, *[now] * recorded_now]
     last = last_healthy_registration(workers, history, counted)
-    breaker = BreakerState(
-        breaker_state(failures, last, now, cfg.breaker_failures, cfg.breaker_cooldown)
-    )
+    breaker = breaker_state(failures, last, now, cfg.breaker_failures, cfg.breaker_cooldown)
     alarm = crash_alarm(failures, now, cfg.breaker_window, cfg.breaker_failures)
     return Health(failures, breaker, alarm)
 

@@ -13,11 +13,11 @@ from hpcscale.schedulers.base import (
     IN_FLIGHT,
     NORMAL_END,
     TERMINAL,
+    CreatedArrays,
     ElementState,
     ElementStatus,
     Scheduler,
     SiteLimits,
-    Submission,
     job_name,
 )
 from hpcscale.schedulers.slurm.limits import PoolRequest
@@ -26,11 +26,11 @@ __all__ = [
     "IN_FLIGHT",
     "NORMAL_END",
     "TERMINAL",
+    "CreatedArrays",
     "ElementState",
     "ElementStatus",
     "Scheduler",
     "SiteLimits",
-    "Submission",
     "job_name",
     "make_scheduler",
 ]

@@ -70,7 +70,7 @@ IN_FLIGHT: frozenset[ElementState] = frozenset(ElementState) - TERMINAL
 
 
 @dataclass(frozen=True)
-class Submission:
+class CreatedArrays:
     """What one `submit` created: one master job id per array chunk (several when split)."""
 
     tag: str
@@ -171,7 +171,7 @@ class Scheduler(ABC):
         """The most elements one array may hold; larger submissions are split."""
 
     @abstractmethod
-    def submit(self, script: str, count: int, tag: str) -> Submission:
+    def submit(self, script: str, count: int, tag: str) -> CreatedArrays:
         """Submit `count` elements running `script`, tagged `tag`.
 
         Idempotent by tag where the scheduler can lose an answer: on a timeout or transient

@@ -18,7 +18,6 @@ from hpcscale.config import Settings
 from hpcscale.models import ClaimRequest, HeartbeatRequest, ResultsRequest
 from hpcscale.server.context import ServerContext
 from hpcscale.server.errors import ERROR_MODELS, add_error_handlers, document_errors
-from hpcscale.server.metrics import Metrics
 from hpcscale.server.middleware import BodyLimit, Timing
 from hpcscale.server.routes import (
     admin,
@@ -32,8 +31,6 @@ from hpcscale.server.routes import (
     workers,
 )
 from hpcscale.statestore import Store
-
-__all__ = ["Metrics", "create_app"]
 
 log = logging.getLogger("hpcscale.server")
 

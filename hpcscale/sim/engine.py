@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 from hpcscale import estimate
 from hpcscale.config import ManagerConfig, PoolConfig, rules_from_pool
 from hpcscale.errors import ConfigError
-from hpcscale.models import StopReason
+from hpcscale.models import BreakerState, StopReason
 from hpcscale.policy import (
     Decision,
     Observation,
@@ -388,14 +388,9 @@ class Simulation:
         )
 
     def _est_duration(self, pool: _Pool) -> float:
-        """As manager.observation.task_duration: per queue EWMA (else the prior), blended by
-        backlog."""
-        prior = pool.cfg.task_duration_prior
-        per_queue = [
-            (estimate.task_duration(list(q.samples), prior), len(q.heap)) for q in pool.queues
-        ]
-        default = max((d for d, _ in per_queue), default=prior)
-        return estimate.blended_duration(per_queue, default)
+        """As the manager estimates it (manager.observation.task_duration)."""
+        per_queue = [(list(q.samples), len(q.heap)) for q in pool.queues]
+        return estimate.pool_task_duration(per_queue, pool.cfg.task_duration_prior)
 
     def _leaving_soon(self, pool: _Pool, est: float) -> int:
         """policy.leaving_soon, as the manager applies it to registered workers."""
@@ -422,7 +417,7 @@ class Simulation:
         if pool.failures and pool.failures[0] < window:
             pool.failures = [t for t in pool.failures if t >= window]
 
-    def _breaker(self, pool: _Pool) -> str:
+    def _breaker(self, pool: _Pool) -> BreakerState:
         m = self.manager
         return breaker_state(
             pool.failures, pool.last_registration, self.now, m.breaker_failures, m.breaker_cooldown
@@ -640,12 +635,8 @@ class Simulation:
         longest = 0.0
         for queue in pool.queues:
             if self.now - queue.p90_at > P90_REFRESH:
-                ordered = sorted(queue.samples)
-                queue.p90 = (
-                    ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-                    if ordered
-                    else pool.cfg.task_duration_prior
-                )
+                measured = estimate.p90(queue.samples)
+                queue.p90 = pool.cfg.task_duration_prior if measured is None else measured
                 queue.p90_at = self.now
             longest = max(longest, queue.p90)
         return longest

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, literal, literal_column, select, update
 
+from hpcscale import estimate
 from hpcscale.errors import NotFound
 from hpcscale.models import Backlog, QueueStats, Task, TaskSpec, TaskState
 from hpcscale.statestore.batched import union_rows
@@ -252,8 +253,9 @@ def _queue_stats(queue: str, durations: list[float]) -> QueueStats:
     """Durations newest first."""
     if not durations:
         return QueueStats(queue=queue, recent_durations=[], mean=None, p90=None)
-    ordered = sorted(durations)
-    p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
     return QueueStats(
-        queue=queue, recent_durations=durations, mean=sum(durations) / len(durations), p90=p90
+        queue=queue,
+        recent_durations=durations,
+        mean=sum(durations) / len(durations),
+        p90=estimate.p90(durations),
     )

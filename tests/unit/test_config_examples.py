@@ -25,7 +25,7 @@ import pytest
 import hpcscale
 from hpcscale import config
 from hpcscale.jobscript import render
-from hpcscale.server.app import Metrics
+from hpcscale.server.metrics import Metrics
 from hpcscale.statestore import open_store
 
 ROOT = Path(__file__).resolve().parents[2]

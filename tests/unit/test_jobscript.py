@@ -117,6 +117,7 @@ def test_render_slurm_script_and_argv(tmp_path: Path) -> None:
         "--array=0-2%4",
         "--job-name=hpcscale.lab.cpu",
         "--comment=sub-1",
+        "--requeue",
     ]
     assert "${" not in job.script
 

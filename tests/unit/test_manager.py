@@ -25,7 +25,7 @@ from hpcscale.models import (
     WorkerRegistration,
     WorkerState,
 )
-from hpcscale.schedulers import ElementState, ElementStatus, Scheduler, Submission, job_name
+from hpcscale.schedulers import CreatedArrays, ElementState, ElementStatus, Scheduler, job_name
 from hpcscale.tokens import write_secret
 from tests.conftest import LiveServer, threaded_server
 
@@ -53,7 +53,7 @@ class FakeScheduler(Scheduler):
     def max_array_size(self) -> int:
         return 1000
 
-    def submit(self, script: str, count: int, tag: str) -> Submission:
+    def submit(self, script: str, count: int, tag: str) -> CreatedArrays:
         job = str(self.next_job)
         self.next_job += 1
         self.submits.append((tag, count))
@@ -66,7 +66,7 @@ class FakeScheduler(Scheduler):
         if self.lose_answers:
             self.lose_answers -= 1
             raise TransientSchedulerError(f"sbatch timed out (job {job} was created)")
-        return Submission(tag=tag, job_ids=[job], count=count)
+        return CreatedArrays(tag=tag, job_ids=[job], count=count)
 
     def test_submit(self, script: str, count: int, tag: str) -> None:
         return None

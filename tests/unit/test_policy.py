@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hpcscale.config import PoolConfig, SlurmConfig, WorkerConfig, rules_from_pool
+from hpcscale.models import BreakerState, Control
 from hpcscale.policy import (
     STARTUP_SECONDS,
     Budget,
@@ -377,10 +378,10 @@ def observations(draw: st.DrawFn) -> Observation:
         starting=draw(st.integers(0, 80)),
         registered=registered,
         leaving_soon=draw(st.integers(0, registered)),
-        control=draw(st.sampled_from(["continue", "continue", "pause", "drain", "exit"])),
+        control=draw(st.sampled_from([Control.CONTINUE, Control.CONTINUE, *Control])),
         max_workers_override=draw(st.one_of(st.none(), st.integers(0, 100))),
         window=draw(st.one_of(st.none(), st.tuples(st.integers(0, 100), st.integers(0, 100)))),
-        breaker=draw(st.sampled_from(["closed", "closed", "open", "probe"])),
+        breaker=draw(st.sampled_from([BreakerState.CLOSED, *BreakerState])),
     )
 
 

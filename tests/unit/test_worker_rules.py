@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hpcscale.client import Client
-from hpcscale.models import Control, Role, TaskSpec, TaskState
+from hpcscale.models import Control, Role, StopReason, TaskSpec, TaskState
 from hpcscale.tokens import write_secret
 from hpcscale.worker.options import WorkerOptions
 from hpcscale.worker.rules import (
@@ -66,17 +66,17 @@ def test_no_limits_means_no_stop() -> None:
 @pytest.mark.parametrize(
     ("reason", "fields", "now", "abandon"),
     [
-        ("signal", {}, 10.0, True),
-        ("exit", {}, 10.0, True),
-        ("drain", {}, 10.0, False),
-        ("walltime", {"walltime_warned": True}, 150.0, False),  # early warning: let it finish
-        ("walltime", {"walltime_warned": True}, 191.0, True),  # job end 10 s away: release
+        (StopReason.SIGNAL, {}, 10.0, True),
+        (StopReason.EXIT, {}, 10.0, True),
+        (StopReason.DRAIN, {}, 10.0, False),
+        (StopReason.WALLTIME, {"walltime_warned": True}, 150.0, False),  # early warning: go on
+        (StopReason.WALLTIME, {"walltime_warned": True}, 191.0, True),  # job ends in 10 s: release
         (None, {}, 191.0, True),
-        ("walltime", {"walltime_warned": True, "deadline": None}, 10.0, True),
+        (StopReason.WALLTIME, {"walltime_warned": True, "deadline": None}, 10.0, True),
     ],
 )
 def test_when_running_tasks_are_given_back(
-    reason: str | None, fields: dict[str, object], now: float, abandon: bool
+    reason: StopReason | None, fields: dict[str, object], now: float, abandon: bool
 ) -> None:
     assert must_abandon(reason, state(**fields), now) is abandon
 

@@ -27,10 +27,10 @@ import hpcscale
 from hpcscale import proc
 from hpcscale.errors import CommandError, PermanentSubmitError, SchedulerError
 from hpcscale.schedulers.base import (
+    CreatedArrays,
     ElementState,
     ElementStatus,
     Scheduler,
-    Submission,
     check_ids,
     check_tag,
     job_name,
@@ -132,7 +132,7 @@ class LocalScheduler(Scheduler):
             handle.write(str(value + 1))
         return str(value)
 
-    def submit(self, script: str, count: int, tag: str) -> Submission:
+    def submit(self, script: str, count: int, tag: str) -> CreatedArrays:
         check_tag(tag)
         split_count(count, self.max_array_size)  # validates count
         job_id = self._next_id()
@@ -168,7 +168,7 @@ class LocalScheduler(Scheduler):
                 self._children.append(child)
             job["supervisors"][str(index)] = proc_identity(child.pid)
         write_json(job_dir / "job.json", job)
-        return Submission(tag=tag, job_ids=[job_id], count=count)
+        return CreatedArrays(tag=tag, job_ids=[job_id], count=count)
 
     def test_submit(self, script: str, count: int, tag: str) -> None:
         """Pre-flight: the script can be written to the state directory, made executable and

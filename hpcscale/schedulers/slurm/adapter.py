@@ -45,11 +45,11 @@ from hpcscale.errors import (
 )
 from hpcscale.schedulers.base import (
     IN_FLIGHT,
+    CreatedArrays,
     ElementState,
     ElementStatus,
     Scheduler,
     SiteLimits,
-    Submission,
     check_ids,
     check_tag,
     job_name,
@@ -229,7 +229,7 @@ class SlurmScheduler(Scheduler):
                 raise refusal(exc, message) from exc
             raise SchedulerError(message) from exc
 
-    def submit(self, script: str, count: int, tag: str) -> Submission:
+    def submit(self, script: str, count: int, tag: str) -> CreatedArrays:
         check_tag(tag)
         chunks = split_count(count, self.max_array_size)
         job_ids: list[str] = []
@@ -246,7 +246,7 @@ class SlurmScheduler(Scheduler):
             job_ids.append(job_id)
             submitted += size
             self._remember_submitted(job_id, size, tag)
-        return Submission(tag=tag, job_ids=job_ids, count=submitted)
+        return CreatedArrays(tag=tag, job_ids=job_ids, count=submitted)
 
     def _submit_chunk(self, script: str, size: int, tag: str, known: Sequence[str]) -> str:
         last: CommandError | None = None
