@@ -113,6 +113,10 @@ class Observation:
     submit_allowance: int | None = None  # workers left of the hourly ceiling; None: no ceiling
     alarm: str | None = None  # e.g. a crash loop: elements ending within seconds, again and again
     budgets: tuple[Budget, ...] = ()  # `[pools.budget]`, as measured by the manager
+    # More elements the site accepts now (QOS/association submit limits, MaxJobCount, counting
+    # the user's other jobs) and the limit that binds; None: no limit known.
+    site_allowance: int | None = None
+    site_limit: str | None = None
 
     @property
     def all_in_flight(self) -> int:
@@ -136,6 +140,7 @@ class Decision:
     reasons: tuple[str, ...] = field(default_factory=tuple)
     needed: int = 0
     in_flight: int = 0
+    cap: int = 0  # the effective cap: min(max_workers, set-max, window, what the site allows)
 
 
 LEAVING_MARGIN = 30.0
@@ -188,7 +193,7 @@ def crash_alarm(
 
 
 def effective_bounds(rules: PoolRules, obs: Observation) -> tuple[int, int]:
-    """(floor, cap) after `set-max` and any scheduled window."""
+    """(floor, cap) after `set-max`, any scheduled window and what the site allows now."""
     cap = rules.max_workers
     if obs.max_workers_override is not None:
         cap = min(cap, obs.max_workers_override)
@@ -196,7 +201,19 @@ def effective_bounds(rules: PoolRules, obs: Observation) -> tuple[int, int]:
     if obs.window is not None:
         floor = max(floor, obs.window[0])
         cap = min(cap, obs.window[1])
+    if obs.site_allowance is not None:  # the site counts what we have plus what it still takes
+        cap = min(cap, obs.all_in_flight + max(0, obs.site_allowance))
     return min(floor, cap), cap
+
+
+def site_cap_reason(rules: PoolRules, obs: Observation, cap: int) -> list[str]:
+    """Name the site's limit when it, not the config, sets the cap."""
+    if obs.site_allowance is None or cap >= rules.max_workers:
+        return []
+    if cap < obs.all_in_flight + obs.site_allowance:
+        return []
+    limit = obs.site_limit or "a site limit"
+    return [f"cap {cap}: the site allows {max(0, obs.site_allowance)} more now ({limit})"]
 
 
 def needed_workers(rules: PoolRules, obs: Observation) -> tuple[int, list[str]]:
@@ -251,6 +268,7 @@ def decide(rules: PoolRules, obs: Observation) -> Decision:
     """The sizing rule's stages in order; each appends the reasons `why` prints."""
     floor, cap = effective_bounds(rules, obs)
     needed, reasons = needed_workers(rules, obs)
+    reasons += site_cap_reason(rules, obs, cap)
     needed, kept = keep_workers(rules, obs, needed)
     reasons += kept
     desired = max(floor, min(needed, cap))
@@ -264,7 +282,7 @@ def decide(rules: PoolRules, obs: Observation) -> Decision:
     held = held_by_control_or_preflight(obs, reasons)
     if held is not None:
         submit, cancel, state = held
-        return Decision(desired, submit, cancel, state, tuple(reasons), needed, in_flight)
+        return Decision(desired, submit, cancel, state, tuple(reasons), needed, in_flight, cap)
 
     submit, shortfall = submit_within_limits(rules, obs, desired - in_flight, cap, reasons)
     state = _state(obs, desired, in_flight)
@@ -272,7 +290,7 @@ def decide(rules: PoolRules, obs: Observation) -> Decision:
         state = PoolState.BUDGET_EXHAUSTED  # wants workers, none fits; running ones carry on
     submit, state = through_the_breaker(obs, submit, state, reasons)
     cancel = surplus_pending(rules, obs, desired, in_flight, reasons)
-    return Decision(desired, submit, cancel, state, tuple(reasons), needed, in_flight)
+    return Decision(desired, submit, cancel, state, tuple(reasons), needed, in_flight, cap)
 
 
 def counted_in_flight(obs: Observation, reasons: list[str]) -> int:

@@ -382,6 +382,7 @@ def observations(draw: st.DrawFn) -> Observation:
         max_workers_override=draw(st.one_of(st.none(), st.integers(0, 100))),
         window=draw(st.one_of(st.none(), st.tuples(st.integers(0, 100), st.integers(0, 100)))),
         breaker=draw(st.sampled_from([BreakerState.CLOSED, *BreakerState])),
+        site_allowance=draw(st.one_of(st.none(), st.integers(-5, 100))),
     )
 
 
@@ -395,6 +396,9 @@ def test_no_decision_exceeds_a_cap(rule: PoolRules, seen: Observation) -> None:
     assert d.submit <= max(0, rule.max_workers - in_flight)
     floor, cap = effective_bounds(rule, seen)
     assert d.submit <= max(0, cap - in_flight)
+    assert d.cap == cap
+    if seen.site_allowance is not None:  # the site's submit limit, counting the user's other jobs
+        assert d.submit <= max(0, seen.site_allowance)
     # max_pending counts unconfirmed submissions too
     before = seen.pending + seen.unconfirmed
     if before <= rule.max_pending:
@@ -421,6 +425,22 @@ def test_no_decision_exceeds_a_cap(rule: PoolRules, seen: Observation) -> None:
     if not (seen.control in ("drain", "exit") or rule.cancel_unneeded_pending):
         assert d.cancel_pending == 0
     assert d.reasons
+
+
+def test_the_site_allowance_caps_the_pool_and_why_names_the_limit() -> None:
+    seen = obs(
+        claimable=40,
+        est=60.0,
+        pending=1,
+        registered=2,
+        site_allowance=1,
+        site_limit="QOS normal MaxSubmitJobsPerUser=4",
+    )
+    d = decide(rules(max_workers=8, target_drain_time=60.0), seen)
+    assert (d.cap, d.submit) == (4, 1)
+    assert any("MaxSubmitJobsPerUser=4" in r for r in d.reasons)
+    unlimited = decide(rules(max_workers=8), obs(claimable=40, est=60.0, site_allowance=50))
+    assert unlimited.cap == 8 and not any("site allows" in r for r in unlimited.reasons)
 
 
 # ---------------------------------------------------------------------- closed loop: no oscillation
