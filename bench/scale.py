@@ -864,7 +864,7 @@ def plans_of(store: Store, timed: Timed, cycles: int) -> list[tuple[str, str, st
 
 
 def metrics_calls(store: Store, timed: Timed, runs: int) -> list[CallStats]:
-    """What a /metrics scrape asks of the store (server.StoreCollector, pool_metrics)."""
+    """What a /metrics scrape asks of the store (server/metrics.py)."""
     from hpcscale.statestore.manager_records import latest_decisions, pool_totals
 
     out = []
@@ -1636,7 +1636,7 @@ def section(
         "- The workers and open submissions as change feeds (schema version 3): a row gets a "
         "new `rev` when it is inserted or a column the manager follows changes (a worker's "
         "state, end or deadline; a submission's state, jobs or count), by triggers; the manager "
-        "keeps the rows (`hpcscale/mirror.py`) and asks for `rev >= cursor` down "
+        "keeps the rows (`hpcscale/manager/feed.py`) and asks for `rev >= cursor` down "
         "`ix_workers_rev` and `ix_submissions_rev`. Heartbeats, claims and results do not touch "
         "`rev`, so 10^4 busy workers send nothing again; the workers at max_tasks come per pool "
         "as a short list (`ix_workers_pool_tasks_started`, an index on tasks done + busy slots). "

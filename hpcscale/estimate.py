@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 ALPHA = 0.2
+# How many recent run times a queue's estimates look at (the store returns this many).
+RECENT_DURATIONS = 100
 
 
 def ewma(samples_newest_first: Sequence[float], alpha: float = ALPHA) -> float | None:

@@ -54,7 +54,7 @@ from hpcscale.sim.workloads import DAY, ClusterModel, SimTask
 from hpcscale.worker import rules as worker_rules
 from hpcscale.worker.options import WorkerOptions
 
-RECENT_DURATIONS = 100  # statestore.tasks.RECENT_DURATIONS: what queue_stats returns
+RECENT_DURATIONS = estimate.RECENT_DURATIONS  # as many as the store's queue_stats returns
 RECENT_WAITS = 50  # statestore.manager_records.pool_history's limit on queue waits
 P90_REFRESH = 60.0  # worker.loop's _expected_duration asks the server at most once a minute
 WAKE_MODES = ("empty", "any", "none")

@@ -21,7 +21,7 @@ from hpcscale.statestore.schema import batches, tasks, waiting_counts
 # A literal, not a parameter: the planners use the partial index ix_tasks_waiting_age only when
 # the query names its predicate (PostgreSQL's generic plans of prepared statements included).
 WAITING: Any = literal_column("'waiting'")
-RECENT_DURATIONS = 100
+RECENT_DURATIONS = estimate.RECENT_DURATIONS
 
 
 class Tasks(StoreBase):
