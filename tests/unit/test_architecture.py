@@ -6,6 +6,8 @@ and the import that crossed.
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 
 from tests.importgraph import Module, cycles, internal_graph, is_stdlib, read_package
@@ -65,3 +67,31 @@ def test_only_proc_starts_or_signals_processes() -> None:
         if what == "subprocess" or what.startswith(PROCESS_CALLS)
     )
     assert offenders == []
+
+
+# The size budgets that keep each file about one thing (issue 13): a file that outgrows them is
+# two parts; the simulator's event loop is the one file allowed to be long.
+MAX_FILE_LINES = 450
+MAX_FUNCTION_LINES = 60
+LONG_FILES_ALLOWED = {"hpcscale.sim.engine"}
+
+
+def test_no_file_outgrows_its_budget() -> None:
+    too_long = sorted(
+        f"{m.name}: {n} lines"
+        for m in MODULES.values()
+        if (n := m.path.read_text().count("\n")) > MAX_FILE_LINES
+        and m.name not in LONG_FILES_ALLOWED
+    )
+    assert too_long == []
+
+
+def test_no_function_outgrows_its_budget() -> None:
+    too_long = sorted(
+        f"{m.name}:{node.lineno} {node.name}: {length} lines"
+        for m in MODULES.values()
+        for node in ast.walk(ast.parse(m.path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (length := (node.end_lineno or node.lineno) - node.lineno + 1) > MAX_FUNCTION_LINES
+    )
+    assert too_long == []
