@@ -1,7 +1,8 @@
 """Shared test settings.
 
 With HPCSCALE_NO_SKIP=1 (set by scripts/test.sh in CI and on the project's machines) a skipped
-test fails instead: every part the suite needs is brought up there, so a skip means a hole.
+test fails instead: every part the suite needs is brought up there, so a skip means a hole. The
+rewrite happens where the test runs, so it holds in xdist's workers too (scripts/test.sh -n).
 """
 
 from __future__ import annotations
@@ -21,6 +22,19 @@ import pytest
 from hpcscale.config import Settings, from_mapping
 from hpcscale.models import Role
 from hpcscale.statestore import Store, open_store
+from tests.slurm_fixtures import ACCOUNTING_GROUP
+
+# The lab fixtures (accounting_slurm, soak_labs) for every test module.
+pytest_plugins = ["tests.slurm_fixtures"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the accounting lab joins one xdist group: its limits are the user's (every
+    test runs as root), so they must not run beside each other (see accounting_slurm)."""
+    for item in items:
+        if "accounting_slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(ACCOUNTING_GROUP))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -3,22 +3,32 @@
 The real cluster is found through SLURM_CONF in the environment (`eval "$(scripts/slurm-lab.sh
 env)"`); without it the Slurm tests skip with the reason, which HPCSCALE_NO_SKIP=1 turns into a
 failure. Each test uses its own manager name, so its `status()` sees only its own jobs even when
-someone else uses the same lab at the same time.
+someone else uses the same lab at the same time (scripts/test.sh runs the suite with xdist).
+
+Two more labs have fixtures here, registered for every test by `pytest_plugins` in conftest.py:
+`accounting_slurm`, the lab with slurmdbd and enforced limits (HPCSCALE_TEST_SLURM_ACCOUNTING_CONF,
+beside the plain lab's SLURM_CONF), and `soak_labs`, the chaos soak's own Slurm and PostgreSQL
+(it restarts them, so under xdist it must not share them with other tests).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
 T = TypeVar("T")
+
+ACCOUNTING_GROUP = "slurm-accounting"
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,6 +42,77 @@ def require_slurm() -> str:
             '(eval "$(scripts/slurm-lab.sh env)")'
         )
     return conf
+
+
+@dataclass(frozen=True)
+class AccountingLab:
+    """The accounting lab as a test sees it: its slurm.conf, ClusterName and account."""
+
+    conf: str
+    cluster: str
+    account: str
+
+
+@pytest.fixture
+def accounting_slurm(monkeypatch: pytest.MonkeyPatch) -> Iterator[AccountingLab]:
+    """The lab with accounting and enforced limits (`SLURM_LAB_ACCOUNTING=1 scripts/slurm-lab.sh
+    up`), made this test's SLURM_CONF; skips saying how to get one (a failure under
+    HPCSCALE_NO_SKIP=1).
+
+    Its QOS limits and partition state are shared by every job of the user (all tests run as
+    root), so a test that changes them would refuse or hold another test's jobs: conftest.py puts
+    every test using this fixture in one xdist group, run one at a time on one worker, and a lock
+    file in the lab's directory keeps that true across workers and pytest processes too."""
+    conf = os.environ.get("HPCSCALE_TEST_SLURM_ACCOUNTING_CONF", "")
+    if not conf or not Path(conf).is_file() or shutil.which("sbatch") is None:
+        pytest.skip(
+            "no accounting lab: run `SLURM_LAB_ACCOUNTING=1 scripts/slurm-lab.sh up` and export "
+            "HPCSCALE_TEST_SLURM_ACCOUNTING_CONF (its env.sh)"
+        )
+    monkeypatch.setenv("SLURM_CONF", conf)
+    with one_at_a_time(Path(conf).parent):
+        yield AccountingLab(
+            conf=conf,
+            cluster=os.environ.get("HPCSCALE_TEST_SLURM_CLUSTER", "hpcscaleacct"),
+            account=os.environ.get("HPCSCALE_TEST_SLURM_ACCOUNT", "hpcscale-lab"),
+        )
+
+
+@pytest.fixture
+def soak_labs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Point the chaos soak at its own labs when scripts/test.sh brought them up
+    (HPCSCALE_TEST_SOAK_SLURM_CONF/_SLURM_LAB_DIR, HPCSCALE_TEST_SOAK_PG_URL/_PG_LAB_DIR): the
+    soak restarts slurmctld and PostgreSQL, which would break the tests running beside it on the
+    shared labs. Without them it uses the shared labs, as a run of the soak alone may."""
+    moves = {
+        "HPCSCALE_TEST_SOAK_SLURM_CONF": "SLURM_CONF",
+        "HPCSCALE_TEST_SOAK_SLURM_LAB_DIR": "SLURM_LAB_DIR",
+        "HPCSCALE_TEST_SOAK_PG_URL": "HPCSCALE_TEST_PG_URL",
+        "HPCSCALE_TEST_SOAK_PG_LAB_DIR": "PG_LAB_DIR",
+    }
+    for own, shared in moves.items():
+        if os.environ.get(own):
+            monkeypatch.setenv(shared, os.environ[own])
+    conf = os.environ.get("SLURM_CONF", "")
+    if not conf or not Path(conf).is_file():
+        yield  # the test skips (require_slurm)
+        return
+    with one_at_a_time(Path(conf).parent):
+        yield
+
+
+@contextlib.contextmanager
+def one_at_a_time(lab_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock file in the lab's directory: tests that change a lab's shared state
+    (limits, partitions, a daemon restart) wait for each other, whichever xdist worker or pytest
+    process runs them. xdist's loadgroup already puts them on one worker (so they never wait);
+    the lock is what makes it true when that grouping does not hold."""
+    with (lab_dir / ".hpcscale-tests.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def unique(prefix: str = "t") -> str:

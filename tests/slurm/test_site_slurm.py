@@ -7,7 +7,6 @@ put back in a `finally`, and every job it made is cancelled.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,22 +17,16 @@ import pytest
 from hpcscale.errors import PermanentSubmitError, SubmitRefused
 from hpcscale.schedulers.base import ElementState
 from hpcscale.schedulers.slurm.adapter import SlurmScheduler
-from tests.slurm_fixtures import script, unique, wait_for
+from tests.slurm_fixtures import AccountingLab, script, unique, wait_for
 
 pytestmark = pytest.mark.slurm
 S = ElementState
 
 
 @pytest.fixture
-def lab(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    conf = os.environ.get("HPCSCALE_TEST_SLURM_ACCOUNTING_CONF", "")
-    if not conf or not Path(conf).is_file():
-        pytest.skip(
-            "no accounting lab: run `SLURM_LAB_ACCOUNTING=1 scripts/slurm-lab.sh up` and "
-            "source its env.sh"
-        )
-    monkeypatch.setenv("SLURM_CONF", conf)
-    yield conf
+def lab(accounting_slurm: AccountingLab) -> str:
+    """The accounting lab's slurm.conf (tests/slurm_fixtures.py: its tests run one at a time)."""
+    return accounting_slurm.conf
 
 
 def slurm(*argv: str) -> str:

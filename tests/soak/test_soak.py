@@ -18,11 +18,14 @@ import pytest
 from tests.slurm_fixtures import require_slurm
 from tests.soak.engine import LIGHT, Soak, SoakConfig
 
-pytestmark = pytest.mark.slurm
+# Both runs restart slurmctld (and one PostgreSQL): under xdist they take turns on one worker,
+# on labs of their own when scripts/test.sh brought them up (the soak_labs fixture).
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("soak")]
 
 
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.usefixtures("soak_labs")
 def test_chaos_soak(store: str, tmp_path: Path) -> None:
     require_slurm()
     if store == "postgres" and not os.environ.get("HPCSCALE_TEST_PG_URL"):
