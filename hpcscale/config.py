@@ -34,7 +34,7 @@ from hpcscale.config_checks import describe as describe  # (public here too: the
 from hpcscale.config_checks import host_port as host_port
 from hpcscale.errors import ConfigError
 from hpcscale.models import MAX_OBSERVED_QUEUES
-from hpcscale.policy import PoolRules
+from hpcscale.policy import EFFICIENCY, PoolRules
 from hpcscale.units import parse_duration as parse_duration
 from hpcscale.units import worker_lifetime
 from hpcscale.worker.options import check_config_keys, config_key
@@ -282,7 +282,8 @@ class PoolConfig(_Strict):
     max_workers: int = Field(default=10, ge=0)
     max_pending: int = Field(default=10, ge=0)
     max_submit_per_cycle: int = Field(default=20, ge=0)
-    target_drain_time: Duration = 1800.0
+    target_drain_time: Duration | None = None  # a deadline: may ask for more workers
+    efficiency: float = Field(default=EFFICIENCY, gt=0, le=1)  # policy.py: needed_workers
     task_duration_prior: Duration = 300.0
     cancel_unneeded_pending: bool = False
     # The runaway guard: at most this many workers (array elements) submitted per rolling hour,
@@ -426,4 +427,7 @@ def rules_from_pool(pool: PoolConfig, max_array_size: int = 1000) -> PoolRules:
         max_array_size=max_array_size,
         cancel_unneeded_pending=pool.cancel_unneeded_pending,
         max_submit_per_hour=pool.submit_ceiling,
+        efficiency=pool.efficiency,
+        # a surplus worker claims max_empty_claims times, sleeping between, before it leaves
+        tail_prior=(pool.worker.max_empty_claims - 1) * pool.worker.empty_claim_sleep,
     )

@@ -58,3 +58,21 @@ def blended_duration(per_queue: Sequence[tuple[float, int]], default: float) -> 
     if weight <= 0:
         return default
     return sum(duration * count for duration, count in per_queue) / weight
+
+
+# How many of a pool's newest ended workers its overhead is measured on.
+RECENT_WORKERS = 20
+
+
+def idle_overhead(ended: Sequence[tuple[float, float, int, int]], duration: float) -> float | None:
+    """A worker's paid seconds that ran no task, beyond its start-up before it registered: the
+    mean over the newest ended workers, given as (registered at, ended at, tasks done, slots),
+    of its registered time less its tasks' (tasks done x `duration` / slots). It holds what the
+    sizing rule calls the tail (the wait for a first claim, gaps, the empty claims before
+    leaving); None until a worker has ended. Per worker the task time is an estimate, so
+    single workers are noisy; the mean over several is not, and it is never below 0."""
+    newest = sorted(ended, key=lambda w: w[1], reverse=True)[:RECENT_WORKERS]
+    if not newest:
+        return None
+    idle = [(end - start) - done * duration / max(1, slots) for start, end, done, slots in newest]
+    return max(0.0, sum(idle) / len(idle))

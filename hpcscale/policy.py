@@ -5,7 +5,10 @@ the tests run the very same decisions. The sizing rule (DESIGN.md):
 
     lifetime   = min(max_time, wall time) - startup
     per_worker = slots * min(max_tasks or inf, lifetime / est_duration)
-    needed     = ceil(claimable_work / (slots * target_drain_time)), at most ceil(claimable / slots)
+    overhead   = startup + tail            (a worker's paid seconds that run no task; measured,
+                                            the priors until measured)
+    by_cost    = floor(work * (1 - efficiency) / (efficiency * slots * overhead))
+    needed     = max(1, by_cost, by the deadline if set), at most ceil(claimable_slots / slots)
     desired    = clamp(needed, min_workers (or a window's), max_workers)
     in_flight  = unconfirmed + pending + starting + registered - leaving soon
     submit     = clamp(desired - in_flight, 0, max_submit_per_cycle, max_pending - pending,
@@ -32,6 +35,12 @@ from typing import Any
 from hpcscale.models import BreakerState, Control
 
 STARTUP_SECONDS = 10.0
+# The priors of a worker's overhead, until the manager has measured its pool's ended workers:
+# job start -> first claim (interpreter, imports, registration: 2.7 s mean on the lab Slurm,
+# BENCHMARKS.md "Side by side"), and the idle tail after its last task (the worker's empty
+# claims: PoolRules.tail_prior, from its config).
+STARTUP_PRIOR = 3.0
+EFFICIENCY = 0.95
 
 
 class PoolState(StrEnum):
@@ -53,7 +62,7 @@ class PoolRules:
     max_workers: int
     max_pending: int
     max_submit_per_cycle: int
-    target_drain_time: float
+    target_drain_time: float | None = None  # a user's deadline: may ask for more workers
     slots: int = 1
     max_tasks: int = 0
     lifetime: float = math.inf  # min(max_time, wall time)
@@ -61,6 +70,11 @@ class PoolRules:
     cancel_unneeded_pending: bool = False
     max_submit_per_hour: int | None = None  # the runaway ceiling, for the reason text (the
     # allowance left of it comes in the observation)
+    # The share of a worker's paid seconds that must run tasks: more workers while each one's
+    # overhead (start-up + tail) stays within (1 - efficiency) of what it is paid for.
+    efficiency: float = EFFICIENCY
+    startup_prior: float = STARTUP_PRIOR  # seconds, job start -> first claim, until measured
+    tail_prior: float = 0.0  # seconds, last result -> end, until measured
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,11 @@ class Observation:
     # the user's other jobs) and the limit that binds; None: no limit known.
     site_allowance: int | None = None
     site_limit: str | None = None
+    # A worker's measured overhead in seconds (the manager's, from its pool's ended workers;
+    # None: not measured yet, the rules' priors stand): job start -> first claim, and the idle
+    # tail from its last result to its end.
+    startup: float | None = None
+    tail: float | None = None
 
     @property
     def all_in_flight(self) -> int:
@@ -216,8 +235,33 @@ def site_cap_reason(rules: PoolRules, obs: Observation, cap: int) -> list[str]:
     return [f"cap {cap}: the site allows {max(0, obs.site_allowance)} more now ({limit})"]
 
 
+def overhead_of(rules: PoolRules, obs: Observation) -> tuple[float, float]:
+    """(start-up, tail) of one worker in seconds: measured, else the rules' priors."""
+    startup = rules.startup_prior if obs.startup is None else obs.startup
+    tail = rules.tail_prior if obs.tail is None else obs.tail
+    return max(0.0, startup), max(0.0, tail)
+
+
+def by_cost(rules: PoolRules, obs: Observation, work: float) -> tuple[int, str]:
+    """Workers whose overhead stays within (1 - efficiency) of the paid worker-seconds, when
+    they share `work` slot-seconds: a task's run time is paid whoever runs it, so what more
+    workers cost is only their start-up and tail."""
+    startup, tail = overhead_of(rules, obs)
+    overhead = max(0.1, startup + tail)
+    efficiency = min(1.0, max(1e-3, rules.efficiency))
+    count = math.floor(work * (1 - efficiency) / (efficiency * rules.slots * overhead) + 1e-9)
+    measured = "measured" if obs.startup is not None or obs.tail is not None else "prior"
+    return count, (
+        f"overhead {startup:.3g}s start-up + {tail:.3g}s tail ({measured}) a worker;"
+        f" efficiency {efficiency:g} allows {count}"
+    )
+
+
 def needed_workers(rules: PoolRules, obs: Observation) -> tuple[int, list[str]]:
-    """Workers the backlog needs to drain within target_drain_time, and the arithmetic."""
+    """As many workers as the backlog keeps busy while their overhead stays a small share of
+    what they are paid (efficiency), or what a deadline asks, never more than the backlog
+    fills; and the arithmetic. A worker's life (max_tasks, wall time) bounds what it does, not
+    how many start: keep_workers replaces those that leave while the backlog fills them."""
     if obs.claimable <= 0:
         return 0, ["no claimable tasks"]
     lifetime = max(1.0, rules.lifetime - STARTUP_SECONDS)
@@ -236,12 +280,18 @@ def needed_workers(rules: PoolRules, obs: Observation) -> tuple[int, list[str]]:
     if rules.max_tasks:
         per_life = min(per_life, rules.max_tasks)
     work = obs.claimable_slots * obs.est_duration
-    by_drain = math.ceil(work / (rules.slots * max(1.0, rules.target_drain_time)))
+    cost, cost_why = by_cost(rules, obs, work)
     by_count = math.ceil(obs.claimable_slots / rules.slots)
-    needed = max(1, min(by_drain, by_count))
+    wanted = max(1, cost)
+    deadline = ""
+    if rules.target_drain_time is not None:
+        by_drain = math.ceil(work / (rules.slots * max(1.0, rules.target_drain_time)))
+        wanted = max(wanted, by_drain)
+        deadline = f"; drain in {rules.target_drain_time:g}s needs {by_drain}"
+    needed = min(wanted, by_count)
     reasons = [
         f"{obs.claimable} claimable ({obs.claimable_slots} slots) x {obs.est_duration:.3g}s"
-        f" = {work:.0f} slot-s; drain in {rules.target_drain_time:g}s needs {by_drain},"
+        f" = {work:.0f} slot-s; {cost_why}{deadline};"
         f" at most {by_count} can be busy -> needed {needed}"
         f" (a worker does ~{rules.slots * per_life:.3g} tasks in its life)"
     ]

@@ -119,3 +119,22 @@ def test_blended_duration_is_between_the_queues(per_queue: list[tuple[float, int
         assert got == math.pi
     else:
         assert min(weighted) * (1 - 1e-9) <= got <= max(weighted) * (1 + 1e-9)
+
+
+def test_idle_overhead_is_paid_time_less_the_tasks_averaged_over_ended_workers() -> None:
+    # (registered at, ended at, tasks done, slots); tasks of 3.5 s
+    assert estimate.idle_overhead([], 3.5) is None
+    one = [(0.0, 100.0, 28, 1)]  # 100 s registered, 98 s of tasks: 2 s idle
+    assert estimate.idle_overhead(one, 3.5) == pytest.approx(2.0)
+    two_slots = [(0.0, 100.0, 56, 2)]  # 56 tasks over two slots: 98 s of each slot
+    assert estimate.idle_overhead(two_slots, 3.5) == pytest.approx(2.0)
+    idle_only = [(0.0, 20.0, 0, 1)]  # a worker that found nothing: all of it overhead
+    assert estimate.idle_overhead(one + idle_only, 3.5) == pytest.approx(11.0)
+    lucky = [(0.0, 90.0, 28, 1)]  # its tasks ran short: never below zero
+    assert estimate.idle_overhead(lucky, 3.5) == 0.0
+
+
+def test_idle_overhead_reads_the_newest_workers_only() -> None:
+    old = [(float(t), t + 100.0, 0, 1) for t in range(estimate.RECENT_WORKERS)]
+    new = [(1e6 + t, 1e6 + t + 1.0, 0, 1) for t in range(estimate.RECENT_WORKERS)]
+    assert estimate.idle_overhead(old + new, 1.0) == pytest.approx(1.0)

@@ -36,6 +36,9 @@ RULES: dict[str, Any] = {
     "max_pending": 10,
     "max_submit_per_cycle": 20,
     "target_drain_time": 1800.0,
+    # The deadline alone sizes these tables (efficiency 1: no overhead is worth a worker);
+    # the efficiency rule has its own tests below.
+    "efficiency": 1.0,
 }
 
 
@@ -341,6 +344,7 @@ def test_rules_from_pool(wall: str, max_time: float, lifetime: float) -> None:
         max_array_size=77,
         cancel_unneeded_pending=True,
         max_submit_per_hour=pool.submit_ceiling,
+        tail_prior=20.0,  # the worker's defaults: 3 empty claims, 10 s apart
     )
 
 
@@ -783,3 +787,102 @@ def test_new_workers_worst_case_always_fits_the_budget(
     budget = core(limit, burned, reserved, per)
     d = decide(rule, Observation(**{**seen.__dict__, "budgets": (budget,)}))
     assert d.submit * budget.per_worker <= max(0.0, budget.left) + 1e-6
+
+
+# ---------------------------------------------------------------------- sizing: efficiency
+
+
+def untuned(**changes: Any) -> PoolRules:
+    """A pool as a new admin writes it: a cap, nothing else (no deadline, default efficiency)."""
+    return PoolRules(
+        **{
+            "min_workers": 0,
+            "max_workers": 8,
+            "max_pending": 8,
+            "max_submit_per_cycle": 20,
+            **changes,
+        }
+    )
+
+
+def test_workload_w_burst_gets_the_whole_cap_untuned() -> None:
+    """Issue 15: 200 tasks of 3.5 s, workers that cost ~3 s beyond their tasks. The deadline
+    rule (target_drain_time 30m) started one worker for it; the efficiency rule starts the cap:
+    8 workers' start-up and tail (24 s) are 3% of the 724 s they are paid."""
+    seen = obs(200, 3.5, startup=2.7, tail=0.3)
+    decision = decide(untuned(), seen)
+    assert (decision.needed, decision.desired, decision.submit) == (12, 8, 8), reasons(decision)
+    assert "efficiency 0.95 allows 12" in reasons(decision)
+    old = decide(untuned(target_drain_time=1800.0, efficiency=1.0), seen)
+    assert old.submit == 1  # what issue 15 found
+
+
+@pytest.mark.parametrize(
+    ("case", "rule", "seen", "needed"),
+    [
+        # work x (1 - e) / (e x slots x overhead): 700 x 0.05 / 0.95 / 3 = 12.3
+        ("measured", {}, {"startup": 2.7, "tail": 0.3}, 12),
+        # priors until measured: startup_prior 3 + tail_prior 0 give the same 12
+        ("priors", {}, {}, 12),
+        ("a lingering tail", {}, {"startup": 3.0, "tail": 20.0}, 1),  # 35 / 23 = 1.5
+        ("tail prior from the config", {"tail_prior": 20.0}, {}, 1),
+        ("measured beats the prior", {"tail_prior": 20.0}, {"tail": 0.0}, 12),
+        ("a lower efficiency", {"efficiency": 0.8}, {"startup": 3.0, "tail": 20.0}, 7),
+        ("efficiency 1: overhead buys no worker", {"efficiency": 1.0}, {}, 1),
+        ("slots share the overhead", {"slots": 4}, {}, 3),  # 700 x .05/.95 / (4 x 3)
+        ("a deadline asks for more", {"target_drain_time": 10.0}, {"tail": 100.0}, 70),
+        ("a loose deadline asks for none", {"target_drain_time": 1e6}, {}, 12),
+        ("never more than the backlog fills", {}, {"startup": 0.0, "tail": 0.0}, 200),
+    ],
+)
+def test_needed_by_efficiency(
+    case: str, rule: dict[str, Any], seen: dict[str, Any], needed: int
+) -> None:
+    got, why = needed_workers(untuned(**rule), obs(200, 3.5, **seen))
+    assert got == needed, (case, why)
+
+
+def test_the_reason_names_overhead_its_source_and_efficiency() -> None:
+    _, why = needed_workers(untuned(), obs(200, 3.5, startup=2.7, tail=0.3))
+    assert "overhead 2.7s start-up + 0.3s tail (measured)" in why[0]
+    _, why = needed_workers(untuned(tail_prior=20.0), obs(200, 3.5))
+    assert "(prior)" in why[0] and "20s tail" in why[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    claimable=st.integers(1, 10_000),
+    est=st.floats(0.1, 1e4),
+    startup=st.floats(0.0, 600.0),
+    tail=st.floats(0.0, 600.0),
+    efficiency=st.floats(0.05, 1.0),
+    slots=st.integers(1, 8),
+)
+def test_efficiency_rule_properties(
+    claimable: int, est: float, startup: float, tail: float, efficiency: float, slots: int
+) -> None:
+    """At least one worker, never more than the backlog fills; beyond one, the workers'
+    overhead stays within (1 - efficiency) of what they are paid; more overhead never asks for
+    more workers, a lower efficiency never for fewer."""
+    rule = untuned(efficiency=efficiency, slots=slots)
+    seen = obs(claimable, est, startup=startup, tail=tail)
+    n, _ = needed_workers(rule, seen)
+    assert 1 <= n <= math.ceil(claimable / slots)
+    work = claimable * est
+    overhead = max(0.1, startup + tail)
+    if n > 1:
+        paid = work + n * slots * overhead
+        assert n * slots * overhead <= (1 - efficiency) * paid * (1 + 1e-6)
+    more, _ = needed_workers(rule, obs(claimable, est, startup=startup, tail=tail + 10.0))
+    assert more <= n
+    looser, _ = needed_workers(untuned(efficiency=efficiency * 0.9, slots=slots), seen)
+    assert looser >= n
+
+
+def test_config_efficiency_and_optional_deadline_reach_the_rules() -> None:
+    pool = PoolConfig(name="p", max_workers=8, efficiency=0.9)
+    rule = rules_from_pool(pool)
+    assert (rule.efficiency, rule.target_drain_time) == (0.9, None)
+    # a surplus worker claims max_empty_claims times, empty_claim_sleep apart, then leaves
+    assert rule.tail_prior == (pool.worker.max_empty_claims - 1) * pool.worker.empty_claim_sleep
+    assert rules_from_pool(PoolConfig(name="p", target_drain_time=30.0)).target_drain_time == 30.0
