@@ -14,8 +14,12 @@ from hpcscale.models import TaskSpec
 MAX_PROBLEMS = 20
 
 
-def read_tasks(path: Path, defaults: dict[str, object] | None = None) -> list[TaskSpec]:
-    """All tasks of the file, or ConfigError listing `LINE N: key: problem` for each bad line."""
+def read_tasks(
+    path: Path, defaults: dict[str, object] | None = None, base: Path | None = None
+) -> list[TaskSpec]:
+    """All tasks of the file, or ConfigError listing `LINE N: key: problem` for each bad line.
+    A relative "cwd" is taken from `base` (the directory submit ran in, as a relative --cwd is),
+    so a file means the same whoever's shell submits it from the same place."""
     specs: list[TaskSpec] = []
     problems: list[str] = []
     try:
@@ -36,6 +40,8 @@ def read_tasks(path: Path, defaults: dict[str, object] | None = None) -> list[Ta
                     f'{path}:{number}: must be a JSON object such as {{"command": ["echo", "hi"]}}'
                 )
                 continue
+            if base is not None and isinstance(data.get("cwd"), str):
+                data["cwd"] = str((base / data["cwd"]).resolve())
             try:
                 specs.append(TaskSpec(**{**(defaults or {}), **data}))
             except ValidationError as exc:

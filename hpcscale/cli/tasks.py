@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,18 @@ from hpcscale.models import TaskSpec
 from hpcscale.units import duration_flag
 
 SUBMIT_CHUNK = 1000
+
+SUBMIT_EPILOG = """\
+Where a task runs: in the directory `submit` ran in, as sbatch does, unless --cwd DIR says
+otherwise (a relative DIR is taken from here). In a --file, a task's "cwd" key does the same:
+a relative "cwd" is taken from the directory `submit` ran in (not the file's), and a task
+without one runs in --cwd or here. The directory must exist on the node the worker runs on.
+
+Its environment (like sbatch --export=NONE plus the variables named): the worker job's own
+environment (what the pool's job script sets up), then each --env KEY=VALUE, then
+HPCSCALE_TASK_ID and HPCSCALE_TASK_ATTEMPT. Nothing else of this shell is carried; --env KEY
+copies this shell's value of KEY.
+"""
 
 
 def add_parsers(
@@ -55,19 +68,23 @@ def _add_submit(
         parents=[common, listing],
         help="submit tasks",
         description="Submit one task (argv after --) or many (--file tasks.jsonl).",
+        epilog=SUBMIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--queue", default=None, help="queue (default: default)")
     p.add_argument("--priority", type=int, default=None, help="higher runs first")
     p.add_argument("--slots", type=int, default=None, help="slots the task needs on a worker")
     p.add_argument("--max-attempts", type=int, default=None, help="tries before `dead`")
     p.add_argument("--timeout", default=None, help="kill the task after this long (e.g. 10m)")
-    p.add_argument("--cwd", default=None, help="working directory of the task")
+    p.add_argument(
+        "--cwd", default=None, help="directory the task runs in (default: this one, like sbatch)"
+    )
     p.add_argument(
         "--env",
         action="append",
         default=[],
-        metavar="KEY=VALUE",
-        help="environment variable for the task (repeatable)",
+        metavar="KEY[=VALUE]",
+        help="environment variable for the task; KEY alone copies this shell's value (repeatable)",
     )
     p.add_argument("--file", type=Path, help="JSONL file, one JSON task a line")
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND ARG...")
@@ -99,7 +116,7 @@ def _specs(args: argparse.Namespace) -> list[TaskSpec]:
     if args.file and argv:
         raise ConfigError(["submit: give either --file or a command after --, not both"])
     if args.file:
-        return read_tasks(args.file, defaults)
+        return read_tasks(args.file, defaults, base=Path.cwd())
     if not argv:
         raise ConfigError(["submit: nothing to submit: give -- COMMAND ARG... or --file FILE"])
     try:
@@ -115,8 +132,10 @@ def _submitted_text(ids: list[int]) -> str:
 
 
 def _task_defaults(args: argparse.Namespace) -> dict[str, object]:
-    defaults: dict[str, object] = {}
-    for key in ("queue", "priority", "slots", "max_attempts", "cwd"):
+    """What every task of this submit gets unless it says otherwise, the directory it runs in
+    made absolute here (the worker's own cwd means nothing to the submitter)."""
+    defaults: dict[str, object] = {"cwd": str(Path(args.cwd or ".").resolve())}
+    for key in ("queue", "priority", "slots", "max_attempts"):
         value = getattr(args, key)
         if value is not None:
             defaults[key] = value
@@ -126,8 +145,10 @@ def _task_defaults(args: argparse.Namespace) -> dict[str, object]:
         env = {}
         for item in args.env:
             key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ConfigError([f"--env: {item!r} must be KEY=VALUE"])
+            if not sep and key in os.environ:
+                value = os.environ[key]
+            elif not sep or not key:
+                raise ConfigError([f"--env: {item!r}: give KEY=VALUE, or KEY set in this shell"])
             env[key] = value
         defaults["env"] = env
     return defaults

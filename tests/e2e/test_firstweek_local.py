@@ -1,0 +1,84 @@
+"""A user's first week on the local scheduler, end to end through `hpcscale serve` and the CLI
+as a user types it: a task runs in the directory it was submitted from (issue 16)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.services import ServerProcess
+from tests.slurm_fixtures import wait_for
+
+SCRIPT = "import os, pathlib; pathlib.Path('where.txt').write_text(os.getcwd())\n"
+
+
+def cli(server: ServerProcess, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`hpcscale ARGV` run from `cwd`, --config given before any `--`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCSCALE_")}
+    words = list(argv)
+    at = words.index("--") if "--" in words else len(words)
+    words[at:at] = ["--config", str(server.config_path)]
+    return subprocess.run(
+        [sys.executable, "-m", "hpcscale", *words],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[ServerProcess]:
+    """`serve` started from a directory of its own, with one local pool."""
+    root = tmp_path / "serve"
+    server = ServerProcess(
+        root=root, database=f"sqlite:///{root}/state.db", command="serve", poll_interval="1s",
+        pools=[{"name": "loc", "scheduler": "local", "max_workers": 2, "max_empty_claims": 1}],
+    )  # fmt: skip
+    server.write_config()
+    (root / "analyse.py").write_text("raise SystemExit('the wrong analyse.py: serve\\'s')\n")
+    server.start()
+    yield server
+    server.stop()
+
+
+def finished(server: ServerProcess, task: int, cwd: Path) -> dict[str, object] | None:
+    shown = json.loads(cli(server, "tasks", "show", str(task), "--json", cwd=cwd).stdout)
+    return shown if shown["state"] in ("succeeded", "failed", "dead") else None
+
+
+def test_a_task_runs_where_it_was_submitted(serve: ServerProcess, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "analyse.py").write_text(SCRIPT)
+    ran = cli(serve, "submit", "--json", "--", sys.executable, "analyse.py", cwd=project)
+    assert ran.returncode == 0, ran.stderr
+    task = json.loads(ran.stdout)["ids"][0]
+    shown = wait_for("the task to end", lambda: finished(serve, task, project), timeout=60)
+    assert shown["state"] == "succeeded", shown
+    assert (project / "where.txt").read_text() == str(project)
+    text = cli(serve, "tasks", "show", str(task), cwd=project).stdout
+    assert f"cwd: {project}" in " ".join(text.split()).replace("cwd ", "cwd: ")
+
+
+def test_file_tasks_take_a_cwd_relative_to_the_submit_directory(
+    serve: ServerProcess, tmp_path: Path
+) -> None:
+    here, sub = tmp_path / "here", tmp_path / "here" / "sub"
+    sub.mkdir(parents=True)
+    for where in (here, sub):
+        (where / "analyse.py").write_text(SCRIPT)
+    tasks = tmp_path / "elsewhere" / "tasks.jsonl"
+    tasks.parent.mkdir()
+    argv = [sys.executable, "analyse.py"]
+    tasks.write_text(json.dumps({"command": argv, "cwd": "sub"}) + "\n")
+    ran = cli(serve, "submit", "--json", "--file", str(tasks), cwd=here)
+    assert ran.returncode == 0, ran.stderr
+    task = json.loads(ran.stdout)["ids"][0]
+    shown = wait_for("the task to end", lambda: finished(serve, task, here), timeout=60)
+    assert shown["state"] == "succeeded" and shown["cwd"] == str(sub), shown
+    assert (sub / "where.txt").read_text() == str(sub)
+    assert not (here / "where.txt").exists()
