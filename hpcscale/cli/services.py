@@ -15,6 +15,11 @@ from hpcscale.cli.common import load_settings
 from hpcscale.errors import ConfigError, HpcscaleError
 
 ALLOW_ROOT_HELP = "run even as root (not advised)"
+# What server, serve and manager create (the store and its -wal/-shm, the local jobs' folders,
+# tokens) holds task argv, env and output: nobody else's to read, whatever the login shell's
+# umask. Worker jobs inherit it (sbatch passes its umask to the job as SLURM_UMASK): a pool that
+# shares task outputs with a group sets `umask 027` in its setup lines.
+PRIVATE_UMASK = 0o077
 
 
 def add_parsers(
@@ -43,6 +48,7 @@ def add_parsers(
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    os.umask(PRIVATE_UMASK)
     settings = server_settings(args)
     from hpcscale.server.run import run_server  # after the checks: a bad config answers at once
 
@@ -51,6 +57,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    os.umask(PRIVATE_UMASK)
     settings = server_settings(args)
     from hpcscale.server.run import run_server  # after the checks: a bad config answers at once
 
@@ -61,6 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_manager(args: argparse.Namespace) -> int:
     from hpcscale.tokens import token_for
 
+    os.umask(PRIVATE_UMASK)
     settings = config.load(args.config)
     token = token_for(settings.server.token_file)
     from hpcscale.manager.loop import run_manager  # after the checks: a bad config answers at once

@@ -47,7 +47,7 @@ class Run:
 def start(task: ClaimedTask, output_dir: Path, now: float) -> Run:
     """Start the task with its stdout and stderr in files of its own; a task that cannot start
     is a Run with `start_error` (its result says why)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     stem = f"task-{task.id}.{task.attempts}"  # one pair of files per attempt
     out, err = output_dir / f"{stem}.out", output_dir / f"{stem}.err"
     env = dict(os.environ)
@@ -55,7 +55,7 @@ def start(task: ClaimedTask, output_dir: Path, now: float) -> Run:
     env.update({"HPCSCALE_TASK_ID": str(task.id), "HPCSCALE_TASK_ATTEMPT": str(task.attempts)})
     run = Run(task=task, process=None, started=now, out=out, err=err)
     try:
-        run.files = [out.open("wb"), err.open("wb")]
+        run.files = [private_file(out), private_file(err)]
         run.process = proc.spawn(
             task.command, stdout=run.files[0], stderr=run.files[1], env=env, cwd=task.cwd,
             die_with_parent=True,  # a worker killed with -9 takes its runs along
@@ -65,6 +65,19 @@ def start(task: ClaimedTask, output_dir: Path, now: float) -> Run:
         run.start_error = str(exc)
         log.warning("task %d could not start: %s", task.id, exc)
     return run
+
+
+def private_file(path: Path) -> IO[bytes]:
+    """A task's output file, 0600 whatever the umask: it may hold what the task was given."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
+def drop_if_empty(run: Run) -> None:
+    """No empty files kept per attempt: two a task add up to inode quotas on shared disks."""
+    for path in (run.out, run.err):
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0:
+                path.unlink()
 
 
 def kill_if_overdue(run: Run, now: float) -> None:
@@ -85,6 +98,7 @@ def close(run: Run) -> None:
         handle.close()
     if run.process is not None:
         proc.kill_group(run.process.pid)
+    drop_if_empty(run)
 
 
 def stop(runs: Sequence[Run], why: str) -> None:
@@ -100,6 +114,7 @@ def stop(runs: Sequence[Run], why: str) -> None:
     for run in runs:
         for handle in run.files:
             handle.close()
+        drop_if_empty(run)
         log.info("task %d stopped: %s", run.task.id, why)
 
 

@@ -82,3 +82,45 @@ def test_file_tasks_take_a_cwd_relative_to_the_submit_directory(
     assert shown["state"] == "succeeded" and shown["cwd"] == str(sub), shown
     assert (sub / "where.txt").read_text() == str(sub)
     assert not (here / "where.txt").exists()
+
+
+def test_what_serve_creates_is_private_under_umask_022(tmp_path: Path) -> None:
+    """state.db and its -wal/-shm, the local jobs' folders, the task outputs: 0600/0700, though
+    serve was started from a shell whose umask (022) would make them readable by all."""
+    root = tmp_path / "serve"
+    server = ServerProcess(
+        root=root, database=f"sqlite:///{root}/state.db", command="serve", poll_interval="1s",
+        pools=[{"name": "loc", "scheduler": "local", "max_workers": 1, "max_empty_claims": 1}],
+    )  # fmt: skip
+    server.write_config()
+    made_by_test = {root / "config.toml", root / "server.log"}
+    before = os.umask(0o022)
+    try:
+        server.start()
+    finally:
+        os.umask(before)
+    try:
+        ran = cli(server, "submit", "--json", "--", "sh", "-c", "echo out; echo err >&2", cwd=root)
+        task = json.loads(ran.stdout)["ids"][0]
+        wait_for("the task to end", lambda: finished(server, task, root), timeout=60)
+        outputs = wait_for("task outputs", lambda: list((root / "task-output").glob("task-*")))
+        assert {p.suffix for p in outputs} == {".out", ".err"}
+        assert {root / "state.db-wal", root / "state.db-shm"} <= set(root.iterdir())
+        created = [p for p in root.rglob("*") if p not in made_by_test]
+        assert any(p.is_dir() for p in (root / "manager").rglob("*"))  # the local jobs' folders
+        open_to_others = {
+            str(p.relative_to(root)): oct(p.stat().st_mode & 0o777)
+            for p in created
+            if not p.is_symlink() and p.stat().st_mode & 0o077
+        }
+        assert open_to_others == {}
+    finally:
+        server.stop()
+
+
+def test_no_empty_output_files_are_kept(serve: ServerProcess, tmp_path: Path) -> None:
+    ran = cli(serve, "submit", "--json", "--", "sh", "-c", "echo only-stdout", cwd=tmp_path)
+    task = json.loads(ran.stdout)["ids"][0]
+    wait_for("the task to end", lambda: finished(serve, task, tmp_path), timeout=60)
+    kept = sorted(p.name for p in (serve.root / "task-output").glob(f"task-{task}.*"))
+    assert kept == [f"task-{task}.1.out"]

@@ -121,7 +121,7 @@ class LocalScheduler(Scheduler):
 
     def _next_id(self) -> str:
         """A job id unique in the state dir (a counter under a file lock)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # job env and argv: private
         with (self.root / "next_id").open("a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             handle.seek(0)
@@ -137,7 +137,7 @@ class LocalScheduler(Scheduler):
         split_count(count, self.max_array_size)  # validates count
         job_id = self._next_id()
         job_dir = self.root / "jobs" / job_id
-        job_dir.mkdir(parents=True)
+        job_dir.mkdir(mode=0o700, parents=True)
         (job_dir / "script.sh").write_text(script)
         job: dict[str, Any] = {
             "job_id": job_id,
