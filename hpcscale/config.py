@@ -308,6 +308,16 @@ class PoolConfig(_Strict):
         turnovers = max(1, math.ceil(3600.0 / max(1.0, self.slurm.wall_seconds)))
         return 4 * self.max_workers * turnovers
 
+    def floor_at(self, now: float) -> int:
+        """min_workers, or a scheduled window's floor while it is open (within its cap): what
+        the store is told, so that a warm window's idle workers are not surplus."""
+        from hpcscale.schedule import active_window, pool_windows
+
+        window = active_window(pool_windows(self.schedule, self.max_workers), now)
+        return (
+            self.min_workers if window is None else min(max(self.min_workers, window[0]), window[1])
+        )
+
     @model_validator(mode="after")
     def _min_le_max(self) -> PoolConfig:
         if self.min_workers > self.max_workers:

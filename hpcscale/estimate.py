@@ -64,6 +64,14 @@ def blended_duration(per_queue: Sequence[tuple[float, int]], default: float) -> 
 RECENT_WORKERS = 20
 
 
+def mean_duration(samples: Sequence[Sequence[float]], prior: float) -> float:
+    """The plain mean of a pool's recent run times (all its queues'), else the prior: what a
+    worker's tasks took on average, unbiased, for idle_overhead (the EWMA follows the newest
+    tasks, and a worker's whole life is better measured by the mean)."""
+    flat = [d for queue in samples for d in queue]
+    return sum(flat) / len(flat) if flat else prior
+
+
 def idle_overhead(ended: Sequence[tuple[float, float, int, int]], duration: float) -> float | None:
     """A worker's paid seconds that ran no task, beyond its start-up before it registered: the
     mean over the newest ended workers, given as (registered at, ended at, tasks done, slots),
