@@ -37,6 +37,8 @@ def run_server(settings: Settings, *, with_manager: bool = False) -> None:
     store = open_settings_store(settings)
     token_path = ensure_admin_token(store, settings.server.token_file)
     app = create_app(store, settings)
+    if with_manager:  # the pools this process runs: a task none of them can run is refused
+        app.state.served_pools = settings.pools
     server = build_uvicorn(app, settings)
     stop = threading.Event()
 

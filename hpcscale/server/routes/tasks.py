@@ -1,10 +1,13 @@
 """Submitting, listing, showing and cancelling tasks."""
 
+from collections.abc import Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi import Path as FPath
+from starlette.exceptions import HTTPException
 
+from hpcscale.config import PoolConfig
 from hpcscale.models import (
     MAX_INT64,
     CancelReply,
@@ -13,6 +16,7 @@ from hpcscale.models import (
     SubmitReply,
     SubmitRequest,
     Task,
+    TaskSpec,
     TaskState,
 )
 from hpcscale.server.dependencies import AnyReader, Context, StoreDep, Submitter
@@ -22,7 +26,12 @@ router = APIRouter(tags=["tasks"])
 
 
 @router.post("/v1/tasks", status_code=201, responses=AUTH_ERRORS)
-def submit(body: SubmitRequest, _who: Submitter, context: Context) -> SubmitReply:
+def submit(body: SubmitRequest, _who: Submitter, context: Context, request: Request) -> SubmitReply:
+    served: Sequence[PoolConfig] | None = getattr(request.app.state, "served_pools", None)
+    if served is not None:  # `serve`: the pools are known, a task none can run is refused
+        problems = unrunnable(body.tasks, served)
+        if problems:
+            raise HTTPException(422, "; ".join(problems))
     ids, duplicate = context.store.submit(body.tasks, body.idempotency_key)
     with context.new_work:
         context.new_work.notify_all()
@@ -53,3 +62,27 @@ def show_task(
 @router.post("/v1/tasks/cancel", responses=AUTH_ERRORS)
 def cancel(body: CancelRequest, _who: Submitter, store: StoreDep) -> CancelReply:
     return CancelReply(cancelled=store.cancel(body.ids))
+
+
+def unrunnable(specs: Sequence[TaskSpec], pools: Sequence[PoolConfig]) -> list[str]:
+    """Why each task no pool can run would wait forever (and make a manager start workers that
+    find nothing they can claim): a queue no pool serves, or more slots than any worker of the
+    pools serving its queue has. At most a few lines, naming the keys to change."""
+    problems: list[str] = []
+    for number, spec in enumerate(specs):
+        serving = [p for p in pools if spec.queue in p.queues]
+        if not serving:
+            queues = ", ".join(sorted({q for p in pools for q in p.queues})) or "none"
+            problems.append(
+                f"tasks.{number}.queue: no pool serves queue {spec.queue!r} (served: {queues})"
+            )
+        elif spec.slots > max(p.worker.slots for p in serving):
+            most = max(serving, key=lambda p: p.worker.slots)
+            problems.append(
+                f"tasks.{number}.slots: {spec.slots} slots, but the workers of queue "
+                f"{spec.queue!r} have at most {most.worker.slots} (pool {most.name}: "
+                "[pools.worker] slots)"
+            )
+        if len(problems) >= 5:
+            break
+    return problems

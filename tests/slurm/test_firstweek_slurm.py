@@ -1,0 +1,101 @@
+"""A user's first week on the real Slurm lab (issue 16): a task runs where it was submitted, a
+task no pool can run is refused and costs no job, `submit --wait` and the Python API.
+
+Each test has its own manager name, so its jobs are `hpcscale.<manager>.<pool>` and squeue is
+filtered by that name (other tests may share the lab under xdist)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.services import ServerProcess
+from tests.slurm_fixtures import require_slurm, unique, wait_for
+
+pytestmark = pytest.mark.slurm
+
+SCRIPT = "import os, pathlib; pathlib.Path('where.txt').write_text(os.getcwd())\n"
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[ServerProcess]:
+    require_slurm()
+    root = tmp_path / "serve"
+    server = ServerProcess(
+        root=root, database=f"sqlite:///{root}/state.db", command="serve", manager=unique("fw"),
+        poll_interval="2s", pools=[{"name": "cpu", "max_workers": 2, "max_empty_claims": 1}],
+    )  # fmt: skip
+    server.write_config()
+    (root / "analyse.py").write_text("raise SystemExit(\"serve's analyse.py\")\n")
+    server.start()
+    yield server
+    server.stop()
+    subprocess.run(["scancel", "--name", job_name(server)], check=False)
+
+
+def job_name(server: ServerProcess) -> str:
+    return f"hpcscale.{server.manager}.cpu"
+
+
+def cli(server: ServerProcess, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`hpcscale ARGV` as a user types it, from `cwd`, --config given before any `--`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCSCALE_")}
+    words = list(argv)
+    at = words.index("--") if "--" in words else len(words)
+    words[at:at] = ["--config", str(server.config_path)]
+    return subprocess.run(
+        [sys.executable, "-m", "hpcscale", *words],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
+    )  # fmt: skip
+
+
+def ended(server: ServerProcess, task: int, cwd: Path) -> dict[str, object] | None:
+    shown = json.loads(cli(server, "tasks", "show", str(task), "--json", cwd=cwd).stdout)
+    return shown if shown["state"] in ("succeeded", "failed", "dead") else None
+
+
+def test_a_task_runs_where_it_was_submitted(serve: ServerProcess, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "analyse.py").write_text(SCRIPT)
+    ran = cli(serve, "submit", "--json", "--", sys.executable, "analyse.py", cwd=project)
+    assert ran.returncode == 0, ran.stderr
+    task = json.loads(ran.stdout)["ids"][0]
+    shown = wait_for("the task to end", lambda: ended(serve, task, project), timeout=120)
+    assert shown["state"] == "succeeded" and shown["cwd"] == str(project), shown
+    assert (project / "where.txt").read_text() == str(project)
+
+
+def jobs_of(server: ServerProcess) -> list[str]:
+    out = subprocess.run(
+        ["squeue", "-h", "--name", job_name(server), "-o", "%i"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return out.split()
+
+
+@pytest.mark.parametrize(
+    ("words", "named"),
+    [(["--slots", "2"], "tasks.0.slots"), (["--queue", "nobody-serves"], "tasks.0.queue")],
+)
+def test_a_task_no_pool_can_run_is_refused_and_costs_no_job(
+    serve: ServerProcess, tmp_path: Path, words: list[str], named: str
+) -> None:
+    """A 2-slot task on 1-slot workers, or a queue no pool serves: `serve` knows its pools, so
+    the submit is refused naming the key, and over 5 poll intervals the manager starts nothing."""
+    ran = cli(serve, "submit", *words, "--", "true", cwd=tmp_path)
+    assert ran.returncode == 1 and named in ran.stderr, ran
+    assert "[pools.worker] slots" in ran.stderr or "served: default" in ran.stderr
+    deadline = time.monotonic() + 5 * 2.0
+    while time.monotonic() < deadline:
+        assert jobs_of(serve) == []
+        time.sleep(0.5)
+    with serve.admin() as admin:
+        assert admin.list_tasks() == []
