@@ -22,19 +22,10 @@ import pytest
 from hpcscale.config import Settings, from_mapping
 from hpcscale.models import Role
 from hpcscale.statestore import Store, open_store
-from tests.slurm_fixtures import ACCOUNTING_GROUP
 
-# The lab fixtures (accounting_slurm, soak_labs) for every test module.
+# The lab fixtures (accounting_slurm, soak_labs) and the hook that groups the accounting lab's
+# tests for xdist, for every test module.
 pytest_plugins = ["tests.slurm_fixtures"]
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test on the accounting lab joins one xdist group: its limits are the user's (every
-    test runs as root), so they must not run beside each other (see accounting_slurm)."""
-    for item in items:
-        if "accounting_slurm" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group(ACCOUNTING_GROUP))
 
 
 @pytest.hookimpl(hookwrapper=True)

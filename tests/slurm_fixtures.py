@@ -5,7 +5,7 @@ env)"`); without it the Slurm tests skip with the reason, which HPCSCALE_NO_SKIP
 failure. Each test uses its own manager name, so its `status()` sees only its own jobs even when
 someone else uses the same lab at the same time (scripts/test.sh runs the suite with xdist).
 
-Two more labs have fixtures here, registered for every test by `pytest_plugins` in conftest.py:
+Two more labs have fixtures here (a plugin: `pytest_plugins` in conftest.py registers it):
 `accounting_slurm`, the lab with slurmdbd and enforced limits (HPCSCALE_TEST_SLURM_ACCOUNTING_CONF,
 beside the plain lab's SLURM_CONF), and `soak_labs`, the chaos soak's own Slurm and PostgreSQL
 (it restarts them, so under xdist it must not share them with other tests).
@@ -29,6 +29,16 @@ import pytest
 T = TypeVar("T")
 
 ACCOUNTING_GROUP = "slurm-accounting"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the accounting lab joins one xdist group: its limits are the user's (every
+    test runs as root), so they must not run beside each other (see accounting_slurm)."""
+    for item in items:
+        if "accounting_slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(ACCOUNTING_GROUP))
+
 
 REPO = Path(__file__).resolve().parent.parent
 
