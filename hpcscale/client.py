@@ -26,6 +26,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from hpcscale.client_caps import CapCalls
 from hpcscale.errors import AuthError, ClientError, NotFound, ServerUnavailable, StaleLease
 from hpcscale.models import (
     Backlog,
@@ -116,7 +117,7 @@ def _untrusted(exc: BaseException) -> bool:
     return False
 
 
-class Client:
+class Client(CapCalls):  # CapCalls: the global cap's calls (client_caps.py)
     def __init__(
         self,
         url: str,

@@ -22,6 +22,7 @@ from hpcscale.models.common import (
     Text,
     WorkerId,
 )
+from hpcscale.models.grants import GrantReply, GrantRequest, QueueCap, QueueCapUpdate
 from hpcscale.models.manager import (
     MAX_OBSERVED_QUEUES,
     OPEN_SUBMISSION_STATES,
@@ -106,6 +107,8 @@ __all__ = [
     "DeregisterRequest",
     "Event",
     "EventRequest",
+    "GrantReply",
+    "GrantRequest",
     "HeartbeatReply",
     "HeartbeatRequest",
     "HostInfo",
@@ -118,6 +121,8 @@ __all__ = [
     "PoolObservation",
     "PoolQuestion",
     "PoolUpdate",
+    "QueueCap",
+    "QueueCapUpdate",
     "QueueName",
     "QueueStats",
     "ReleaseReply",

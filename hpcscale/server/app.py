@@ -22,6 +22,7 @@ from hpcscale.server.middleware import BodyLimit, Timing
 from hpcscale.server.routes import (
     admin,
     events,
+    grants,
     hosts,
     managers,
     pools,
@@ -36,7 +37,7 @@ log = logging.getLogger("hpcscale.server")
 
 # The order the OpenAPI document lists the paths in (a frozen contract): each path where its
 # first route is registered.
-ROUTERS = (service, tasks, queues, workers, pools, hosts, events, managers, admin)
+ROUTERS = (service, tasks, queues, workers, pools, hosts, events, managers, admin, grants)
 
 
 def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> FastAPI:
@@ -45,7 +46,7 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
     app = FastAPI(
         title="hpcscale statestore",
         version=__version__,
-        lifespan=_lifespan(store, settings.server.reaper_interval, reaper=reaper),
+        lifespan=_lifespan(store, settings.server.reaper_interval, context, reaper=reaper),
         openapi_url="/v1/openapi.json",
         docs_url="/v1/docs",
         redoc_url=None,
@@ -65,9 +66,10 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
 
 
 def _lifespan(
-    store: Store, interval: float, *, reaper: bool
+    store: Store, interval: float, context: ServerContext, *, reaper: bool
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """The app's lifetime: with `reaper`, the lease reaper's thread runs while the app does."""
+    """The app's lifetime: with `reaper`, the lease reaper's thread runs while the app does;
+    on PostgreSQL, the thread that hears other replicas' new work (wakeups.py) too."""
     stop = threading.Event()
 
     @asynccontextmanager
@@ -78,7 +80,9 @@ def _lifespan(
                 target=_reap, args=(store, interval, stop), name="hpcscale-reaper", daemon=True
             )
             thread.start()
+        context.wakeups.start()
         yield
+        context.wakeups.stop()
         stop.set()
         if thread is not None:
             thread.join(timeout=10)

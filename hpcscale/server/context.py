@@ -6,13 +6,14 @@ its own app's context through `context_of(request)`.
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import Request
 
 from hpcscale.models import TokenInfo
 from hpcscale.server.group_commit import StoreCall, per_task_calls
 from hpcscale.server.metrics import Metrics
+from hpcscale.server.wakeups import WakeUps
 from hpcscale.statestore import Store
 
 TOKEN_CACHE_SECONDS = 10.0
@@ -67,8 +68,8 @@ class ServerContext:
     worker_queues: WorkerQueues
     hot: StoreCall
     grouped: StoreCall
-    new_work: threading.Condition = field(default_factory=threading.Condition)
-    """Wakes managers long-polling /v1/wait."""
+    wakeups: WakeUps
+    """Wakes managers long-polling /v1/wait (wakeups.py; across replicas on PostgreSQL)."""
 
     @classmethod
     def for_store(cls, store: Store) -> "ServerContext":
@@ -80,6 +81,7 @@ class ServerContext:
             worker_queues=WorkerQueues(store),
             hot=hot,
             grouped=grouped,
+            wakeups=WakeUps(store),
         )
 
 

@@ -1,13 +1,12 @@
 """The statestore's tables, one definition for SQLite and PostgreSQL.
 
-SCHEMA_VERSION is written into `meta` when the database is created; a later release that
-changes a table bumps it and migrates from the stored number (schema_version.py). A new table
-alone needs no bump: it is created when an older database is opened.
-
-Version 2: `waiting_counts`, kept by triggers on `tasks` (`install_counters`), and the indexes
-the manager's cycle seeks with at 10^6 tasks and 10^4 workers (bench/scale.py, BENCHMARKS.md
-"Scale"). Version 3: `workers.rev` and `submissions.rev`, the change feed the manager follows
-instead of reading every worker and open submission each cycle (`install_revs`).
+SCHEMA_VERSION is written into `meta` when the database is created; a release that changes a
+table bumps it and migrates from the stored number (schema_version.py); a new table alone needs
+none. Version 2: `waiting_counts`, kept by triggers on `tasks` (`install_counters`), and the
+indexes the manager's cycle seeks with at 10^6 tasks and 10^4 workers (bench/scale.py,
+BENCHMARKS.md "Scale"). Version 3: `workers.rev` and `submissions.rev`, the change feed the
+manager follows instead of reading every worker and open submission each cycle (`install_revs`).
+Version 4: `queue_caps` and `grants` (grants.py): no older server may serve a cap it ignores.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -226,6 +225,26 @@ decisions = Table(
 )
 Index("ix_decisions_pool", decisions.c.pool, decisions.c.id)
 Index("ix_workers_submission", workers.c.submission)
+
+queue_caps = Table(  # a queue's global cap across managers (grants.py)
+    "queue_caps",
+    metadata,
+    Column("queue", String(64), primary_key=True),
+    Column("global_cap", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+grants = Table(  # a row per capped queue of an open submission; no index but the key
+    "grants",
+    metadata,
+    Column("tag", String(128), primary_key=True),
+    Column("queue", String(64), primary_key=True),
+    Column("manager", String(64), nullable=False),
+    Column("instance", String(64), nullable=False),
+    Column("pool", String(64), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("stale_after", Float, nullable=False),
+)
 
 # Per worker host: its streak of failed tasks and whether it is denied claims (hosts.py).
 hosts = Table(

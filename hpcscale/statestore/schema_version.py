@@ -79,3 +79,5 @@ def upgrade(conn: Connection, found: int) -> None:
         install_counters(conn)
     if found < 3:
         install_revs(conn)
+    # found < 4: `queue_caps` and `grants` are new tables (create_all made them); the bump only
+    # keeps a server of version 3, which would ignore the caps, from opening the database.

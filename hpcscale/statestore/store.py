@@ -5,7 +5,8 @@ the clock, the transactions), so none re-declares another's methods. A part that
 builds on it: leases.Leases on hosts.HostRecords (a claim asks whether the host is denied),
 workers.Workers on Leases (a worker that leaves hands back its leases), observe.Observe on
 Tasks, Workers and ManagerRecords (the manager's cycle reads them all in one snapshot). Store
-puts them together with auth.Auth and event_log.EventLog.
+puts them together with grants.Grants (the global cap), wakeups.WakeUps (new work announced
+between API replicas), auth.Auth and event_log.EventLog.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from pathlib import Path
 from hpcscale.statestore.auth import Auth
 from hpcscale.statestore.database import Clock
 from hpcscale.statestore.event_log import EventLog
+from hpcscale.statestore.grants import Grants
 from hpcscale.statestore.hosts import HostRecords, HostRules
 from hpcscale.statestore.leases import Leases
 from hpcscale.statestore.manager_records import ManagerRecords
 from hpcscale.statestore.observe import Observe
 from hpcscale.statestore.tasks import Tasks
+from hpcscale.statestore.wakeups import WakeUps
 from hpcscale.statestore.workers import Workers
 
 
@@ -35,7 +38,9 @@ def normalize_url(url: str) -> str:
     return url
 
 
-class Store(Observe, Tasks, Workers, Leases, HostRecords, ManagerRecords, Auth, EventLog):
+class Store(
+    Observe, Tasks, Workers, Leases, HostRecords, ManagerRecords, Grants, WakeUps, Auth, EventLog
+):
     """The statestore. Thread-safe; one instance per process is enough. Each base comes before
     the parts it builds on, as Python's method resolution order requires."""
 

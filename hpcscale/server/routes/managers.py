@@ -45,16 +45,18 @@ def wait_for_work(
 ) -> WaitReply:
     """Long-poll: answers as soon as tasks newer than `since` exist, else at `timeout`.
 
-    Wake-ups are this process's; behind a load balancer the manager's poll interval still
-    catches work submitted through another replica."""
+    A submission through any replica wakes it: this process's directly, another's through
+    PostgreSQL's LISTEN/NOTIFY (server/wakeups.py). The store is read again at least every 5 s
+    whatever the wake-ups do."""
     deadline = time.monotonic() + timeout
+    seen = context.wakeups.generation()
     seq = context.store.submit_seq()
     while seq <= since:
         left = deadline - time.monotonic()
         if left <= 0:
             return WaitReply(seq=seq, changed=False)
-        with context.new_work:
-            context.new_work.wait(min(left, 5.0))
+        context.wakeups.wait(seen, min(left, 5.0))
+        seen = context.wakeups.generation()
         seq = context.store.submit_seq()
     return WaitReply(seq=seq, changed=True)
 

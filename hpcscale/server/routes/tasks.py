@@ -33,8 +33,7 @@ def submit(body: SubmitRequest, _who: Submitter, context: Context, request: Requ
         if problems:
             raise HTTPException(422, "; ".join(problems))
     ids, duplicate = context.store.submit(body.tasks, body.idempotency_key)
-    with context.new_work:
-        context.new_work.notify_all()
+    context.wakeups.new_work()  # this replica's long-polls, and on PostgreSQL every other's
     return SubmitReply(ids=ids, duplicate=duplicate)
 
 
