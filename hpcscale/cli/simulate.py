@@ -15,6 +15,7 @@ from hpcscale.cli.common import load_settings
 from hpcscale.config import PoolConfig, Settings
 from hpcscale.errors import ConfigError
 from hpcscale.sim.engine import WAKE_MODES, simulate
+from hpcscale.sim.limits import ControlEvent
 from hpcscale.sim.results import format_text, plot
 from hpcscale.sim.workloads import (
     DEFAULT_MAX_ARRAY_SIZE,
@@ -80,6 +81,13 @@ def add_parsers(
     p.add_argument(
         "--horizon", default="30d", help="stop simulating this long after the first task (30d)"
     )
+    p.add_argument(
+        "--control",
+        action="append",
+        default=[],
+        metavar="T:[POOL:]ACTION",
+        help="an admin's command at T seconds: pause, resume, drain or max=N (set-max); repeatable",
+    )
     p.add_argument("--plot", metavar="OUT.png", help="draw backlog and workers over time")
     p.set_defaults(func=cmd_simulate)
 
@@ -105,6 +113,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         horizon=duration_flag("--horizon", args.horizon),
         wake=args.wake,
         source=source,
+        controls=_controls(args.control),
     )
     result.notes[:0] = [*notes, f"queue wait {cluster.queue_wait.describe()}"]
     if args.plot:
@@ -147,6 +156,13 @@ def _queue_wait(args: argparse.Namespace) -> QueueWait:
     if args.queue_wait_trace:
         return QueueWait.from_samples(read_swf_waits(args.queue_wait_trace))
     return QueueWait.parse(args.queue_wait)
+
+
+def _controls(texts: Sequence[str]) -> list[ControlEvent]:
+    try:
+        return [ControlEvent.parse(text) for text in texts]
+    except ValueError as exc:
+        raise ConfigError([f"--control: {exc}"]) from exc
 
 
 def _probability(value: float) -> float:

@@ -20,8 +20,16 @@ the very functions the service runs, so a number seen here is a number the manag
   probability that a start fails, the wall time, and optionally a delay before a submission is
   seen (`unconfirmed`).
 
+- what the manager decides with besides (issue 15, sim/limits.py): the hourly ceiling
+  (max_submit_per_hour over a rolling hour), `[pools.budget]` (burn from the workers'
+  registration -> end, the worst case of what is in flight), scheduled windows (cron on the
+  simulated clock read as seconds since the epoch, UTC; the floor also reaches the workers'
+  surplus), an admin's pause/resume/drain/set-max at given times (ControlEvent), and the
+  measured tail of ended workers the sizing rule reads.
+
 Not modelled: task slots (every task takes one), task failures and max_attempts, heartbeats and
-lease expiry, drain/pause controls, scheduled windows, several managers. Time is simulated: a
+lease expiry, the crash-loop alarm, site limits, several managers; a config key the simulation
+does not read is named in its notes (limits.unmodelled_keys). Time is simulated: a
 10^5-task campaign runs in a few seconds (bench/simulate_speed.py). What it is fed is in
 workloads.py, what it measured in results.py; `hpcscale simulate` is hpcscale/cli/simulate.py.
 """
@@ -39,8 +47,9 @@ from typing import Any, NamedTuple
 from hpcscale import estimate
 from hpcscale.config import ManagerConfig, PoolConfig, rules_from_pool
 from hpcscale.errors import ConfigError
-from hpcscale.models import BreakerState, StopReason
+from hpcscale.models import BreakerState, Control, StopReason
 from hpcscale.policy import (
+    Budget,
     Decision,
     Observation,
     PoolRules,
@@ -49,6 +58,9 @@ from hpcscale.policy import (
     effective_bounds,
     leaving_soon,
 )
+from hpcscale.schedule import active_window, pool_windows
+from hpcscale.sim import limits
+from hpcscale.sim.limits import ControlEvent
 from hpcscale.sim.results import PoolResult, Sample, SimResult
 from hpcscale.sim.workloads import DAY, ClusterModel, SimTask
 from hpcscale.worker import rules as worker_rules
@@ -148,6 +160,14 @@ class _Pool:
         self.unseen_failures = 0  # failed elements the next cycle will notice
         self.last_registration: float | None = None
         self.queue_waits: deque[float] = deque(maxlen=RECENT_WAITS)  # newest first
+        self.asked: deque[tuple[float, int]] = deque()  # (time, workers): the hourly ceiling
+        self.spans: list[tuple[float, float]] = []  # ended workers' registration -> end
+        self.windows = pool_windows(cfg.schedule, cfg.max_workers)
+        self.floor = cfg.min_workers  # what the store was told (PoolConfig.floor_at)
+        self.control = Control.CONTINUE  # an admin's: pause, drain (ControlEvent)
+        self.override: int | None = None  # `hpcscale set-max`
+        # (registered at, ended at, tasks done, slots) of ended workers: the measured tail
+        self.ended: deque[tuple[float, float, int, int]] = deque(maxlen=estimate.RECENT_WORKERS)
         self.result = PoolResult(cfg.name, cfg.max_workers, cfg.max_pending, slots=cfg.worker.slots)
 
     def backlog(self) -> int:
@@ -181,6 +201,7 @@ class Simulation:
         audit: Callable[[Simulation], None] | None = None,
         record: bool = False,
         source: str = "tasks",
+        controls: Sequence[ControlEvent] = (),
     ) -> None:
         if not pools:
             raise ConfigError(["pools: nothing to simulate"])
@@ -206,6 +227,13 @@ class Simulation:
         self.cycles = 0
         self.max_in_flight = 0  # all pools together
         self.decisions: list[tuple[str, Observation, Decision]] = []
+        for event in controls:
+            self._push(event.at, _EVENT, self._control, event)
+        unmodelled = limits.unmodelled_keys(pools, self.manager)
+        if unmodelled:
+            self.notes.append(
+                f"not modelled (figures as if at their defaults): {', '.join(unmodelled)}"
+            )
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -337,6 +365,7 @@ class Simulation:
     def _cycle_pool(self, pool: _Pool) -> None:
         """observe -> decide -> act, as manager.ComputeManager._cycle_pool does."""
         obs = self._observe(pool)
+        pool.floor = pool.cfg.floor_at(self.now) if pool.windows else pool.cfg.min_workers
         decision = self.decide(pool.cfg.name, obs)
         if decision.cancel_pending:
             self._cancel_pending(pool, decision.cancel_pending)
@@ -363,6 +392,16 @@ class Simulation:
         pool = next(p for p in self.pools if p.cfg.name == pool_name)
         return decide(pool.rules, obs)
 
+    def _control(self, event: ControlEvent) -> None:
+        """An admin's command reaches the store: the manager reads it at its next cycle, the
+        workers at their next claim (drain: they stop taking tasks)."""
+        for pool in self.pools:
+            if event.pool in (None, pool.cfg.name):
+                if event.control is not None:
+                    pool.control = event.control
+                if event.max_workers is not None:
+                    pool.override = event.max_workers
+
     def _observe(self, pool: _Pool) -> Observation:
         """The Observation the manager builds for this pool now.
 
@@ -385,12 +424,35 @@ class Simulation:
             registered=counts.registered,
             leaving_soon=leaving,
             breaker=self._breaker(pool),
+            tail=estimate.idle_overhead(pool.ended, self._mean_duration(pool)),
+            control=pool.control,
+            max_workers_override=pool.override,
+            window=active_window(pool.windows, self.now) if pool.windows else None,
+            submit_allowance=limits.hourly_allowance(pool.asked, self.now, pool.cfg.submit_ceiling),
+            budgets=self._budgets(pool),
         )
+
+    def _budgets(self, pool: _Pool) -> tuple[Budget, ...]:
+        """As manager.safety.measure_budgets measures them from the store's worker records."""
+        if pool.cfg.budget is None:
+            return ()
+        horizon = self.now - pool.cfg.budget.window
+        if len(pool.spans) > 1024:  # ended before the window: they burn nothing any more
+            pool.spans = [span for span in pool.spans if span[1] > horizon]
+        live = [(e.ws.started, self.now) for e in pool.live if e.ws is not None]
+        waiting = pool.unconfirmed + pool.pending + pool.starting
+        ends = [e.started + pool.wall for e in pool.live]
+        return limits.budgets(pool.cfg, self.now, [*pool.spans, *live], waiting, ends)
 
     def _est_duration(self, pool: _Pool) -> float:
         """As the manager estimates it (manager.observation.task_duration)."""
         per_queue = [(list(q.samples), len(q.heap)) for q in pool.queues]
         return estimate.pool_task_duration(per_queue, pool.cfg.task_duration_prior)
+
+    def _mean_duration(self, pool: _Pool) -> float:
+        """As the manager measures a worker's busy time (manager.observation.Measured.tail_of)."""
+        samples = [q.samples for q in pool.queues]
+        return estimate.mean_duration(samples, pool.cfg.task_duration_prior)
 
     def _leaving_soon(self, pool: _Pool, est: float) -> int:
         """policy.leaving_soon, as the manager applies it to registered workers."""
@@ -429,6 +491,7 @@ class Simulation:
         result = pool.result
         result.sbatch_calls += 1
         result.submitted += count
+        pool.asked.append((self.now, count))
         sub = _Submission(pool.cfg.slurm.array_throttle)
         elements = [_Element(pool, sub, self.now) for _ in range(count)]
         pool.unconfirmed += count
@@ -512,6 +575,10 @@ class Simulation:
         elif element.state == _REGISTERED:
             pool.registered -= 1
             pool.live.discard(element)
+            if element.ws is not None:
+                done = element.ws.tasks_started - len(element.running)
+                pool.ended.append((element.ws.started, self.now, done, pool.cfg.worker.slots))
+                pool.spans.append((element.ws.started, self.now))
         element.state = _ENDED
         pool.result.worker_seconds += self.now - element.started
         pool.result.end_reasons[reason] = pool.result.end_reasons.get(reason, 0) + 1
@@ -554,7 +621,8 @@ class Simulation:
         if ws is None:  # not registered: nothing to do
             return
         ws.running = len(element.running)
-        ws.surplus = pool.registered > pool.rules.min_workers  # what a heartbeat would say
+        ws.surplus = pool.registered > pool.floor  # what a heartbeat would say
+        ws.control = pool.control
         reason = worker_rules.stop_reason(ws, opts, now)
         if reason is not None:
             if not element.running:

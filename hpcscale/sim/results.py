@@ -177,23 +177,39 @@ def format_text(result: SimResult) -> str:
         "requeued",
         "cycles",
     ):
-        lines.append(f"  {key:<28} {_show(data[key])}")
-    lines.append(f"  {'max_in_flight / cap':<28} {data['max_in_flight']} / {data['cap']}")
+        lines.append(f"  {key:<28} {_show(data[key], key)}")
+    lines.append(f"  {'max_in_flight / cap':<28} {data['max_in_flight']} / {data['cap']} workers")
     for pool in data["pools"]:
         lines.append(f"pool {pool['name']}:")
         for key, value in pool.items():
             if key != "name":
-                lines.append(f"  {key:<28} {_show(value)}")
+                lines.append(f"  {key:<28} {_show(value, key)}")
     lines += [f"note: {note}" for note in data["notes"]]
     return "\n".join(lines)
 
 
-def _show(value: object) -> str:
+# The unit of each figure `format_text` prints (simulated time; JSON keeps bare numbers).
+UNITS = {
+    "makespan": "s", "worker_seconds": "worker-s", "busy_worker_seconds": "worker-s",
+    "idle_worker_seconds": "worker-s", "first_task_to_first_worker": "s", "task_wait_mean": "s",
+    "task_wait_p95": "s", "peak_workers": "workers", "max_in_flight": "workers",
+    "max_pending_seen": "workers", "cap": "workers", "max_pending": "workers",
+    "workers_submitted": "workers", "est_duration_at_end": "s",
+    "queue_wait_estimate_at_end": "s", "sbatch_calls": "calls", "scancel_calls": "calls",
+    "cancelled_pending": "workers", "failed_starts": "workers", "requeued": "tasks",
+    "tasks_done": "tasks", "cycles": "cycles",
+}  # fmt: skip
+
+
+def _show(value: object, key: str = "") -> str:
     if value is None:
         return "-"
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
-    return str(value)
+    if key == "busy_share" and isinstance(value, float):
+        return f"{100 * value:.1f}% of the allocated worker-seconds"
+    unit = UNITS.get(key)
+    return f"{value} {unit}" if unit else str(value)
 
 
 def plot(result: SimResult, path: str | Path) -> None:

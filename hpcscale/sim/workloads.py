@@ -74,6 +74,12 @@ def _bursty_gpu(rng: random.Random, size: int) -> list[SimTask]:
     return [SimTask((i // 50) * 1800.0, rng.uniform(600.0, 1200.0), "gpu", 0) for i in range(size)]
 
 
+def _bursts(rng: random.Random, size: int) -> list[SimTask]:
+    """Issue 15's workload W (bench/peers): three equal bursts 120 s apart, uniform(1, 6) s."""
+    third = max(1, size // 3)
+    return [SimTask((i // third) * 120.0, rng.uniform(1.0, 6.0)) for i in range(size)]
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -99,6 +105,7 @@ SCENARIOS: dict[str, Scenario] = {
             400,
             _bursty_gpu,
         ),
+        Scenario("bursts", "3 bursts 120 s apart, uniform(1, 6) s (bench/peers' W)", 600, _bursts),
     )
 }
 

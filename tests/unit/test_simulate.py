@@ -22,8 +22,10 @@ from hpcscale.config import (
     load,
     rules_from_pool,
 )
+from hpcscale.models import Control
 from hpcscale.policy import decide
 from hpcscale.sim.engine import Simulation, simulate
+from hpcscale.sim.limits import ControlEvent
 from hpcscale.sim.results import SimResult
 from hpcscale.sim.workloads import (
     SCENARIOS,
@@ -339,3 +341,131 @@ def test_horizon_counts_from_the_first_task_and_charges_running_jobs() -> None:
     assert cut.makespan is None
     assert cut.to_dict()["worker_seconds"] == 1000.0  # submitted and started at the first task
     assert any("not done by the horizon" in n for n in cut.notes)
+
+
+# ------------------------------------------------------- what the manager decides with (issue 15)
+
+
+def submitted_at(result: SimResult) -> list[tuple[float, int]]:
+    return [(o.now, d.submit) for _, o, d in result.decisions if d.submit]
+
+
+def test_the_hourly_ceiling_holds_submissions_in_every_rolling_hour() -> None:
+    """Workers that leave at once (max_tasks 1) want replacing each cycle; the ceiling says no."""
+    tasks = [SimTask(0.0, 60.0)] * 40
+    capped = pool(max_workers=4, max_submit_per_hour=6, worker={"max_tasks": 1})
+    result = run(tasks, capped, record=True, horizon=4 * 3600.0)
+    asked = submitted_at(result)
+    for start, _ in asked:
+        assert sum(n for t, n in asked if start <= t < start + 3600.0) <= 6
+    assert any("max_submit_per_hour" in " ".join(d.reasons) for _, _, d in result.decisions)
+    free = run(tasks, pool(max_workers=4, worker={"max_tasks": 1}), horizon=4 * 3600.0)
+    assert free.pools[0].submitted > 6 and free.makespan is not None  # the ceiling did bind
+
+
+def test_a_budget_caps_the_worst_case_of_new_workers() -> None:
+    """1 core-hour and 30-minute jobs: two workers' worst case fits, a third never does."""
+    tasks = [SimTask(0.0, 600.0)] * 20
+    spent = pool(max_workers=8, slurm={"time": "00:30:00"}, budget={"core_hours": 1.0})
+    result = run(tasks, spent, record=True, horizon=6 * 3600.0)
+    assert result.pools[0].submitted == 2
+    assert result.tasks_done < 20
+    assert any(d.state == "budget-exhausted" for _, _, d in result.decisions)
+
+
+def test_a_window_caps_the_pool_and_its_floor_keeps_workers_warm() -> None:
+    capped = pool(max_workers=8, schedule=[{"cron": "* * * * *", "duration": "1d",
+                                            "max_workers": 2}])  # fmt: skip
+    result = run([SimTask(0.0, 60.0)] * 50, capped)
+    assert result.max_in_flight == 2
+    warm = pool(max_workers=8, worker={"max_empty_claims": 1, "empty_claim_sleep": 1.0},
+                schedule=[{"cron": "0 0 * * *", "duration": "30m", "min_workers": 3}])  # fmt: skip
+    tasks = [SimTask(0.0, 5.0), SimTask(7200.0, 5.0)]
+    held = run(tasks, warm, horizon=3 * 3600.0)
+    reasons = held.pools[0].end_reasons
+    # three workers for the window's half hour, idle but not surplus; they leave when it closes
+    assert held.pools[0].submitted == 4 and reasons.get("idle") == 4, reasons
+    assert held.pools[0].worker_seconds > 3 * 1800.0
+
+
+def test_failed_starts_open_the_breaker() -> None:
+    tasks = [SimTask(0.0, 60.0)] * 20
+    broken = run(tasks, pool(max_workers=4), cluster=cluster(failed_start=1.0), record=True,
+                 horizon=3600.0)  # fmt: skip
+    assert broken.tasks_done == 0
+    states = {d.state for _, _, d in broken.decisions}
+    assert "degraded" in states
+    # closed: 4; open for the cooldown (300 s), then one probe at a time; closed again when
+    # the failures leave the breaker_window (900 s): 20 in the hour, not 4 a cycle (480)
+    asked = [(o.breaker, d.submit) for _, o, d in broken.decisions if d.submit]
+    assert all(n == 1 for breaker, n in asked if breaker == "probe")
+    assert not any(breaker == "open" for breaker, _ in asked)
+    assert broken.pools[0].submitted == 20
+
+
+def test_controls_pause_drain_and_set_max() -> None:
+    tasks = [SimTask(0.0, 60.0)] * 200
+    many = pool(max_workers=8, max_pending=8)
+    paused = run(tasks, many, controls=[ControlEvent(0.0, None, Control.PAUSE)], horizon=3600.0)
+    assert paused.pools[0].submitted == 0 and paused.tasks_done == 0
+    resumed = run(
+        tasks,
+        many,
+        horizon=3600.0,
+        controls=[
+            ControlEvent(0.0, None, Control.PAUSE),
+            ControlEvent(600.0, "p", Control.CONTINUE),
+        ],
+    )
+    assert resumed.to_dict()["first_task_to_first_worker"] >= 600.0
+    drained = run(tasks, many, controls=[ControlEvent(120.0, None, Control.DRAIN)])
+    assert drained.pools[0].end_reasons.get("drain", 0) > 0 and drained.tasks_done < 200
+    capped = run(tasks, many, controls=[ControlEvent.parse("0:p:max=3")])
+    assert capped.max_in_flight == 3
+
+
+def test_queue_waits_delay_the_first_worker() -> None:
+    tasks = [SimTask(0.0, 60.0)] * 10
+    waited = run(tasks, pool(max_workers=2), cluster=cluster(wait=600.0, latency=5.0))
+    assert waited.to_dict()["first_task_to_first_worker"] == 605.0
+
+
+def test_the_measured_tail_reaches_the_rule() -> None:
+    """The simulator measures a worker's overhead as the manager does (ended workers), and
+    the rule then uses it instead of the prior."""
+    tasks = [SimTask(i * 300.0, 5.0) for i in range(4)]
+    result = run(tasks, pool(max_workers=2), record=True)
+    tails = [o.tail for _, o, _ in result.decisions]
+    assert tails[0] is None and tails[-1] is not None and tails[-1] > 0
+    assert (
+        "(measured)" in " ".join(result.decisions[-1][2].reasons)
+        or result.decisions[-1][1].claimable == 0
+    )
+
+
+def test_text_has_units_and_names_the_keys_it_cannot_model(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text('[[pools]]\nname = "cpu"\n[pools.worker]\nheartbeat_interval = "1m"\n'
+                    '[pools.slurm]\nmem = "4G"\n')  # fmt: skip
+    assert main(["--scenario", "burst", "--tasks", "50", "--config", str(conf)]) == 0
+    out = capsys.readouterr().out
+    assert "worker-s" in out and "% of the allocated worker-seconds" in out
+    assert "makespan" in out and " s\n" in out
+    assert "pools[cpu].worker.heartbeat_interval" in out and "pools[cpu].slurm.mem" in out
+    assert main(["--scenario", "burst", "--config", str(conf), "--control", "x:pause"]) == 2
+
+
+def test_issue_15_budget_ceiling_and_window_are_all_honoured(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The report: a 2 core-hour budget, max_submit_per_hour = 5 and a window capping at 2
+    printed peak_workers 19."""
+    conf = tmp_path / "c.toml"
+    conf.write_text('[[pools]]\nname = "cpu"\nmax_workers = 50\nmax_submit_per_hour = 5\n'
+                    '[pools.budget]\ncore_hours = 2\n[[pools.schedule]]\ncron = "* * * * *"\n'
+                    'duration = "2h"\nmax_workers = 2\n')  # fmt: skip
+    assert main(["--scenario", "burst", "--config", str(conf), "--horizon", "1d", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["peak_workers"] == 2 and data["pools"][0]["workers_submitted"] == 2
