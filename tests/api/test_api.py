@@ -54,6 +54,9 @@ ALLOWED: dict[tuple[str, str], set[Role]] = {
     ("POST", "/v1/tokens"): {A},
     ("GET", "/v1/hosts"): {A, S, M},
     ("POST", "/v1/hosts/{host}/allow"): {A},
+    ("PUT", "/v1/queues/{queue}/cap"): {A, M},  # the global cap (issue 17)
+    ("GET", "/v1/caps"): {A, S, M},
+    ("POST", "/v1/grants"): {A, M},
 }
 PUBLIC = {("GET", "/healthz")}
 DOCS = {"/v1/openapi.json", "/v1/docs", "/v1/docs/oauth2-redirect"}
