@@ -2,7 +2,8 @@
 
 Lookup order: `--config FILE`, then `$HPCSCALE_CONFIG`, then `~/.config/hpcscale/config.toml`,
 then built-in defaults (embedded SQLite, API on 127.0.0.1:8765). Environment variables override
-the file: `HPCSCALE_SERVER__URL`, `HPCSCALE_MANAGER__NAME`, ... (`__` between levels).
+the file: `HPCSCALE_SERVER__URL`, `HPCSCALE_MANAGER__NAME`, `HPCSCALE_POOLS__0__MAX_WORKERS`
+(`__` between levels; config_env.py).
 
 Every problem is reported as one line that names the key, e.g. `pools[0].max_workers: must be
 ≥ 0`, so an admin can fix a file without reading a traceback.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,7 +30,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from hpcscale import config_checks as check
+from hpcscale import config_env
 from hpcscale.config_checks import describe as describe  # (public here too: the CLI, the server)
+from hpcscale.config_checks import gpus_of as gpus_of  # (and here: manager, simulator)
 from hpcscale.config_checks import host_port as host_port
 from hpcscale.errors import ConfigError
 from hpcscale.models import MAX_OBSERVED_QUEUES
@@ -226,26 +228,6 @@ class BudgetConfig(_Strict):
         return value
 
 
-_GPU_RE = re.compile(r"(?:^|,)gpu(?::[A-Za-z][\w\-]*)?(?::(\d+))?(?:\(\S*\))?(?:,|$)")
-
-
-def gpus_of(slurm: SlurmConfig) -> int:
-    """GPUs one element asks for: `gres = "gpu:a100:2"` or `--gres=gpu:2` / `--gpus=2` in
-    extra_directives (0 when it asks for none)."""
-    texts = [slurm.gres or ""] + [
-        d.split("=", 1)[1] for d in slurm.extra_directives if d.startswith("--gres=")
-    ]
-    for text in texts:
-        match = _GPU_RE.search(text)
-        if match:
-            return int(match.group(1) or 1)
-    for directive in slurm.extra_directives:
-        name, _, value = directive.partition("=")
-        if name in ("--gpus", "--gpus-per-task", "-G") and value.isdigit():
-            return int(value)
-    return 0
-
-
 class ScheduleConfig(_Strict):
     """A scheduled window: for `duration` after each time `cron` fires, the pool keeps at least
     `min_workers` (and, if given, at most `max_workers`)."""
@@ -370,8 +352,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment first so HPCSCALE_* overrides the file (passed as init values).
-        return (env_settings, init_settings)
+        return (init_settings,)  # HPCSCALE_* are merged by load() (config_env.py)
 
     def pool(self, name: str) -> PoolConfig:
         for pool in self.pools:
@@ -412,7 +393,11 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Settings:
             raise ConfigError([f"{path}: not UTF-8 text ({exc.reason})"]) from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
-    return from_mapping(data)
+    origins = config_env.apply(data, os.environ)  # HPCSCALE_* override the file
+    try:
+        return from_mapping(data)
+    except ConfigError as exc:
+        raise ConfigError(config_env.name_the_variables(exc.problems, origins)) from exc
 
 
 def from_mapping(data: dict[str, Any]) -> Settings:

@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 from hpcscale.tokens import token_file_problem
 
 if TYPE_CHECKING:
-    from hpcscale.config import Settings
+    from hpcscale.config import Settings, SlurmConfig
 
 # Values that end up on an #SBATCH line: no newline (a line of its own is shell), no quotes,
 # `$`, backquote or `;`, and no whitespace (sbatch splits an #SBATCH line on it, so "debug
@@ -158,3 +158,104 @@ def check_files(settings: Settings) -> list[str]:
         except (OSError, ssl.SSLError) as exc:
             problems.append(f"server.tls_ca: cannot load it as PEM certificates: {exc}")
     return problems
+
+
+_GPU_RE = re.compile(r"(?:^|,)gpu(?::[A-Za-z][\w\-]*)?(?::(\d+))?(?:\(\S*\))?(?:,|$)")
+
+
+def gpus_of(slurm: SlurmConfig) -> int:
+    """GPUs one element asks for: `gres = "gpu:a100:2"` or `--gres=gpu:2` / `--gpus=2` in
+    extra_directives (0 when it asks for none)."""
+    texts = [slurm.gres or ""] + [
+        d.split("=", 1)[1] for d in slurm.extra_directives if d.startswith("--gres=")
+    ]
+    for text in texts:
+        match = _GPU_RE.search(text)
+        if match:
+            return int(match.group(1) or 1)
+    for directive in slurm.extra_directives:
+        name, _, value = directive.partition("=")
+        if name in ("--gpus", "--gpus-per-task", "-G") and value.isdigit():
+            return int(value)
+    return 0
+
+
+def unworkable(settings: Settings) -> list[str]:
+    """Values each valid alone that together cannot work: a pool that could never start a worker,
+    a worker that could never claim, a budget no worker fits. One line each, naming the key;
+    `check-config`, `server`, `serve` and `manager` refuse them (exit 2) before any sbatch."""
+    problems: list[str] = []
+    for index, pool in enumerate(settings.pools):
+        key = f"pools[{index}]"
+        wall = pool.slurm.wall_seconds
+        if pool.max_pending == 0 and pool.max_workers > 0:
+            problems.append(
+                f"{key}.max_pending: 0 lets no worker be submitted (each starts pending); "
+                "at least 1, or max_workers = 0 to switch the pool off"
+            )
+        if pool.worker.claim_margin >= wall:
+            problems.append(
+                f"{key}.worker.claim_margin: {pool.worker.claim_margin:g}s is not less than "
+                f"the wall time ({key}.slurm.time = {pool.slurm.time}): no worker could claim"
+            )
+        if pool.scheduler in ("slurm", "pyslurm") and pool.worker.slots > pool.slurm.cpus_per_task:
+            problems.append(
+                f"{key}.worker.slots: {pool.worker.slots} tasks at once on "
+                f"{key}.slurm.cpus_per_task = {pool.slurm.cpus_per_task} CPU(s) oversubscribes "
+                "them; raise cpus_per_task or lower slots"
+            )
+        if pool.scheduler == "pyslurm" and not _pyslurm_imports():
+            problems.append(
+                f'{key}.scheduler: pyslurm does not import here; use scheduler = "slurm"'
+            )
+        problems += _budget_problems(pool, key)
+    return problems
+
+
+def _budget_problems(pool: Any, key: str) -> list[str]:
+    """A budget smaller than one worker's worst case (its CPUs or GPUs for the whole wall time)
+    would never let the manager submit a single worker."""
+    if pool.budget is None:
+        return []
+    hours = pool.slurm.wall_seconds / 3600.0
+    worst = {
+        "core_hours": pool.slurm.cpus_per_task * hours,
+        "gpu_hours": gpus_of(pool.slurm) * hours,
+    }
+    problems = []
+    for name, need in worst.items():
+        have = getattr(pool.budget, name)
+        if have is not None and need > 0 and have < need:
+            problems.append(
+                f"{key}.budget.{name}: {have:g} is less than one worker's worst case "
+                f"({need:.3g}: {key}.slurm.time = {pool.slurm.time}); no worker would be submitted"
+            )
+    return problems
+
+
+def _pyslurm_imports() -> bool:
+    import importlib
+
+    try:
+        importlib.import_module("pyslurm")
+    except Exception:  # a broken build raises anything from its C extension
+        return False
+    return True
+
+
+LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+
+
+def warnings(settings: Settings) -> list[str]:
+    """What works on one machine only: a Slurm pool's workers told to reach the server on the
+    loopback address, which compute nodes other than the login node do not have. A warning,
+    not an error: a one-machine cluster (the lab) is the one place it works."""
+    host = settings.server.url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+    slurm = [p.name for p in settings.pools if p.scheduler in ("slurm", "pyslurm")]
+    if slurm and host.startswith(LOOPBACK):
+        return [
+            f"server.url: {settings.server.url} is this machine's loopback, but the workers of "
+            f"Slurm pool(s) {', '.join(slurm)} run on compute nodes and reach the server there: "
+            "give the login node's name on the cluster network"
+        ]
+    return []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 from typing import Any
 
 from hpcscale import config, config_checks
@@ -34,16 +35,27 @@ def add_parsers(
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = config.load(args.file or args.config)
-    problems = config_checks.check_files(settings)
+    problems = config_checks.check_files(settings) + config_checks.unworkable(settings)
     if problems:
         raise ConfigError(problems)
+    for line in config_checks.warnings(settings):
+        print(f"warning: {line}", file=sys.stderr)
     if args.json:
-        print(settings.model_dump_json(indent=2))
+        print(json.dumps(resolved(settings), indent=2))
     else:
         path = config.resolve_path(args.file or args.config)
         print(f"# {path or 'built-in defaults'}: OK")
-        print(json.dumps(settings.model_dump(mode="json"), indent=2))
+        print(json.dumps(resolved(settings), indent=2))
     return 0
+
+
+def resolved(settings: config.Settings) -> dict[str, Any]:
+    """The config as it applies: defaults that depend on other keys shown as their values
+    (max_submit_per_hour's default is 4 turnovers of the pool per hour, not `null`)."""
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    for shown, pool in zip(data["pools"], settings.pools, strict=True):
+        shown["max_submit_per_hour"] = pool.submit_ceiling
+    return data
 
 
 def cmd_render_script(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from hpcscale import config, config_checks
@@ -70,6 +71,9 @@ def cmd_manager(args: argparse.Namespace) -> int:
 
     os.umask(PRIVATE_UMASK)
     settings = config.load(args.config)
+    problems = config_checks.unworkable(settings)
+    if problems:
+        raise ConfigError(problems)
     token = token_for(settings.server.token_file)
     from hpcscale.manager.loop import run_manager  # after the checks: a bad config answers at once
 
@@ -83,9 +87,11 @@ def server_settings(args: argparse.Namespace) -> config.Settings:
     SQLAlchemy."""
     settings = load_settings(args)
     refuse_root(args.allow_root)
-    problems = config_checks.check_files(settings)
+    problems = config_checks.check_files(settings) + config_checks.unworkable(settings)
     if problems:
         raise ConfigError(problems)
+    for line in config_checks.warnings(settings):
+        print(f"warning: {line}", file=sys.stderr)
     check_database(settings.server.database)
     return settings
 
