@@ -46,6 +46,7 @@ COMMANDS = (
     Command("drain", "pools", "submit nothing, cancel pending, workers finish and exit"),
     Command("hosts", "pools", "worker hosts: failure streaks, denied claims"),
     Command("set-max", "pools", "lower (or restore) a pool's max_workers"),
+    Command("set-cap", "caps", "set (or remove) a queue's global cap across all its managers"),
 )
 BY_NAME = {c.name: c for c in COMMANDS}
 

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from hpcscale.cli import display
+from hpcscale.cli.caps import caps_text
 from hpcscale.cli.common import emit, load_settings, make_client
 
 
@@ -37,7 +38,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             data = status_data(client)
             if args.watch and not args.json:
                 print("\033[2J\033[H", end="")
-            emit(args, data, lambda data=data: display.status_text(data))  # type: ignore[misc]
+            emit(args, data, lambda data=data: _text(data))  # type: ignore[misc]
             if not args.watch:
                 return 0
             time.sleep(args.watch)
@@ -51,4 +52,9 @@ def status_data(client: Any) -> dict[str, Any]:
         "pools": [{"pool": p, "last": (client.decisions(p.name, 1) or [None])[-1]} for p in pools],
         "workers": client.list_workers(live=True),
         "hosts": client.hosts(),
+        "caps": client.queue_caps(),  # each manager's share of a global cap (cli/caps.py)
     }
+
+
+def _text(data: dict[str, Any]) -> str:
+    return "\n".join([display.status_text(data), *caps_text(data.get("caps", []))])
