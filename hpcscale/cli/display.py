@@ -128,11 +128,13 @@ def decisions_text(records: Sequence[DecisionRecord]) -> str:
         data = record.data
         head = (
             f"{when(record.ts)}  pool {record.pool}: {data.get('state', '?')}, desired "
-            f"{data.get('desired', '-')}, in flight {data.get('in_flight', '-')}, submit "
-            f"{data.get('submit', 0)}, cancel {data.get('cancel_pending', 0)}"
+            f"{data.get('desired', '-')}, cap {data.get('cap', '-')}, in flight "
+            f"{data.get('in_flight', '-')}, submit {data.get('submit', 0)}, cancel "
+            f"{data.get('cancel_pending', 0)}"
         )
-        reasons = data.get("reasons") or []
+        reasons, notes = data.get("reasons") or [], data.get("notes") or []
         lines = [f"    - {r}" for r in reasons] if isinstance(reasons, list) else []
+        lines += [f"    * {n}" for n in notes] if isinstance(notes, list) else []
         blocks.append("\n".join([head, *lines]))
     return "\n".join(blocks)
 
@@ -152,8 +154,11 @@ def pools_table(pools: Sequence[dict[str, Any]]) -> str:
                 info.control.value,
                 obs.get("breaker", "-"),
                 data.get("desired", "-"),
+                _cap(data),
                 data.get("in_flight", "-"),
                 obs.get("pending", "-"),
+                _waiting(data),
+                _seconds(data.get("queue_wait")),
                 obs.get("starting", "-"),
                 obs.get("registered", "-"),
                 info.max_workers_override if info.max_workers_override is not None else "-",
@@ -171,8 +176,11 @@ def pools_table(pools: Sequence[dict[str, Any]]) -> str:
             "CONTROL",
             "BREAKER",
             "DESIRED",
+            "CAP",
             "IN FLIGHT",
             "PENDING",
+            "WAITING FOR",
+            "QUEUE WAIT",
             "STARTING",
             "REGISTERED",
             "SET-MAX",
@@ -184,6 +192,36 @@ def pools_table(pools: Sequence[dict[str, Any]]) -> str:
         ],
         rows,
     )
+
+
+def _cap(data: dict[str, Any]) -> str:
+    """The effective cap, and the site's limit when it is what holds the pool (issue 14)."""
+    cap, site, obs = data.get("cap"), data.get("site"), data.get("observation")
+    if not isinstance(cap, int):
+        return "-"
+    site = site if isinstance(site, dict) else {}
+    obs = obs if isinstance(obs, dict) else {}
+    in_flight = sum(obs.get(k, 0) for k in ("unconfirmed", "pending", "starting", "registered"))
+    allowance, limit = site.get("allowance"), site.get("limit")
+    if isinstance(allowance, int) and limit and cap >= in_flight + allowance:
+        return f"{cap} ({clip(str(limit), 40)})"
+    return str(cap)
+
+
+def _waiting(data: dict[str, Any]) -> str:
+    """Why the pending elements wait, in the scheduler's words, most common first; or the
+    site's refusal while it refuses the pool's submissions."""
+    reasons = data.get("pending_reasons")
+    parts = [f"{n} {r}" for r, n in reasons.items()] if isinstance(reasons, dict) else []
+    site = data.get("site")
+    refusal = site.get("refusal") if isinstance(site, dict) else None
+    if refusal:
+        parts.append(f"refused: {clip(str(refusal), 40)}")
+    return ", ".join(parts) or "-"
+
+
+def _seconds(value: object) -> str:
+    return ago(value) if isinstance(value, int | float) and value > 0 else "-"
 
 
 def _budget(data: dict[str, Any]) -> str:

@@ -26,6 +26,11 @@ from hpcscale.models import (
 from hpcscale.policy import leaving_soon
 from hpcscale.schedulers import NORMAL_END, ElementState, ElementStatus
 
+# Ends the site made (preemption, a node that died): a worker's normal end, never a failed
+# start. A requeued element (back to pending, same id) is one too.
+SITE_ENDS = frozenset({ElementState.PREEMPTED, ElementState.NODE_FAIL})
+SITE_ENDED = "ended by the site"  # how such a worker's end reads in the store (end_reason)
+JOB_ENDED = "its job ended"
 INTENT_TIMEOUT = 180.0  # an intent the scheduler never showed by then did not happen
 UNLISTED_AFTER = 60.0  # a confirmed submission the scheduler stopped listing has ended
 # Why a worker may end at once without a task and still be healthy: ends it chose
@@ -55,6 +60,10 @@ class PoolView:
     leaving_soon: int = 0
     failed_starts: list[str] = field(default_factory=list)
     gone_workers: list[str] = field(default_factory=list)
+    gone_why: dict[str, str] = field(default_factory=dict)  # worker id -> its end, as recorded
+    # (job id, index) of elements the site ended or requeued: their workers' ends are no
+    # quick ends, whatever the store recorded
+    site_ended: set[tuple[str | None, int | None]] = field(default_factory=set)
     # (tag, change): the submission records to bring in line with what the scheduler shows
     updates: list[tuple[str, SubmissionUpdate]] = field(default_factory=list)
 
@@ -69,6 +78,9 @@ class StartWatch:
 
     first_running: dict[str, float] = field(default_factory=dict)
     counted: set[str] = field(default_factory=set)
+    # when each element was last seen pending: a worker that registered before belongs to an
+    # earlier run of a requeued element (same id), not to the run now starting
+    pending_seen: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,7 @@ class PoolFacts:
     max_tasks: int
     spent: frozenset[str]  # workers at max_tasks (the store's, of this cycle)
     est_duration: float
+    read_at: float | None = None  # when the scheduler was read (default: now)
 
 
 def reconcile(
@@ -133,12 +146,38 @@ def view_pool(
     ever = set(live)
     for element in elements:
         if element.state == ElementState.PENDING:
-            view.pending.append(element)
+            _pending(element, live, facts, watch, view)
         elif element.terminal:
             _ended(element, live, ever, watch, view)
         else:  # running, completing, unknown: holding a slot
             _holding(element, live, facts, watch, view)
     return view
+
+
+def _pending(
+    element: ElementStatus,
+    live: dict[tuple[str | None, int | None], Worker],
+    facts: PoolFacts,
+    watch: StartWatch,
+    view: PoolView,
+) -> None:
+    """A pending element; one that was running before has been requeued (same id, back to
+    pending: preemption, `scontrol requeue`, a node failure): its next run gets a fresh
+    start_grace, and a worker of its last run still alive in the store is gone (its tasks back
+    now). Only a worker that registered before the scheduler was read: one registering since
+    may be the new run's."""
+    view.pending.append(element)
+    key = (element.job_id, element.array_index)
+    watch.first_running.pop(element.element_id, None)
+    watch.pending_seen[element.element_id] = facts.now
+    worker = live.get(key)
+    read_at = facts.now if facts.read_at is None else facts.read_at
+    if worker is None or worker.started_at >= read_at:
+        return
+    view.site_ended.add(key)
+    if worker.state.value in LIVE_WORKER_STATES:
+        view.gone_workers.append(worker.id)
+        view.gone_why[worker.id] = f"{SITE_ENDED}: requeued ({element.reason or 'pending'})"
 
 
 def _ended(
@@ -153,11 +192,17 @@ def _ended(
     failed to start."""
     key = (element.job_id, element.array_index)
     watch.first_running.pop(element.element_id, None)
+    watch.pending_seen.pop(element.element_id, None)
+    by_site = element.state in SITE_ENDS
+    if by_site:
+        view.site_ended.add(key)
     worker = live.get(key)
     if worker is not None and worker.state.value in LIVE_WORKER_STATES:
         view.gone_workers.append(worker.id)
+        view.gone_why[worker.id] = f"{SITE_ENDED}: {element.state.value}" if by_site else JOB_ENDED
     if (
         element.state not in NORMAL_END
+        and not by_site
         and key not in ever
         and element.element_id not in watch.counted
     ):
@@ -172,10 +217,15 @@ def _holding(
     view: PoolView,
 ) -> None:
     """An element holding a slot: registered when its worker lives, else starting (and a
-    failed start once it has run start_grace without one)."""
+    failed start once it has run start_grace without one). A worker of an earlier run of a
+    requeued element is not this run's; one of this run that has ended leaves its element
+    finishing, not failing to start."""
     view.running.append(element)
     worker = live.get((element.job_id, element.array_index))
+    if worker is not None and worker.started_at < watch.pending_seen.get(element.element_id, 0):
+        worker = None  # an earlier run's
     if worker is not None and worker.state.value in LIVE_WORKER_STATES:
+        watch.first_running.pop(element.element_id, None)
         view.registered.append(worker)
         # The store lists the workers at max_tasks; their exact count is not needed.
         started = facts.max_tasks if worker.id in facts.spent else 0
@@ -185,10 +235,14 @@ def _holding(
         ):  # fmt: skip
             view.leaving_soon += 1
         return
+    view.starting.append(element)
+    if worker is not None:  # its worker has ended: the job is finishing, unless it lingers
+        if facts.now - (worker.ended_at or facts.now) > facts.start_grace:
+            view.failed_starts.append(element.element_id)
+        return
     first = watch.first_running.setdefault(element.element_id, facts.now)
     if facts.now - first > facts.start_grace:
         view.failed_starts.append(element.element_id)
-    view.starting.append(element)
 
 
 def quick_end(worker: Worker, crash_seconds: float, counted: set[str]) -> float | None:
@@ -198,6 +252,8 @@ def quick_end(worker: Worker, crash_seconds: float, counted: set[str]) -> float 
     worker's)."""
     if worker.ended_at is None or worker.tasks_done or worker.id in counted:
         return None
+    if (worker.end_reason or "").startswith(SITE_ENDED):
+        return None  # preempted, requeued or its node died: not the worker's failure
     life = worker.ended_at - worker.started_at
     if life > crash_seconds or worker.end_reason in PLANNED_ENDS:
         return None

@@ -40,17 +40,20 @@ from hpcscale.jobscript import render
 from hpcscale.manager.act import (
     FAILED_START,
     cancel_as_decided,
-    record_failed_start,
-    record_quick_end,
+    read_elements,
+    settle_ends,
     submit_array,
     worker_token,
 )
 from hpcscale.manager.elements import PoolFacts, PoolView, StartWatch, view_pool
 from hpcscale.manager.feed import Mirror
+from hpcscale.manager.grants import GlobalCap
 from hpcscale.manager.observation import Measured, claimable_in, observation, task_duration
 from hpcscale.manager.record import DecisionLog, decision_extra
 from hpcscale.manager.registration import dead_predecessor
 from hpcscale.manager.safety import Preflight, measure_budgets, newly_exhausted, pool_health
+from hpcscale.manager.site import SiteWatch, site_binds
+from hpcscale.manager.waits import stale_surplus
 from hpcscale.models import (
     Backlog,
     CycleView,
@@ -118,7 +121,10 @@ class ComputeManager:
         self.cycle_started = time.monotonic()
         self.scheduler_seconds = 0.0
         self.preflight = Preflight(settings, self.name)
+        self.sites = {p.name: SiteWatch() for p in settings.pools}
+        self.elements_read_at = 0.0
         self.denied_hosts: list[str] = []
+        self.global_cap = GlobalCap(client, settings, self.instance)  # issue 17: grants.py
 
     # ------------------------------------------------------------------ the four operations
 
@@ -129,7 +135,10 @@ class ComputeManager:
             instance=self.instance,
             host=host,
             pid=os.getpid(),
-            pools={p.name: p.min_workers for p in self.settings.pools},
+            pools={  # the floor now (a window's) and the idle workers the last decision holds
+                p.name: max(p.floor_at(self.clock()), getattr(self.last.get(p.name), "hold", 0))
+                for p in self.settings.pools
+            },
             stale_after=max(90.0, 3 * self.settings.manager.poll_interval),
             takeover_from=None if self._registered else self._takeover(host),
         )
@@ -166,6 +175,7 @@ class ComputeManager:
             max_tasks=pool.worker.max_tasks,
             spent=frozenset(observed.spent),
             est_duration=est_duration,
+            read_at=self.elements_read_at,
         )
         view = view_pool(elements, submissions, workers, facts, self.starts)
         for tag, update in view.updates:
@@ -175,6 +185,9 @@ class ComputeManager:
     def create_compute_service(self, pool: PoolConfig, count: int) -> Submission | None:
         """One array submission of `count` workers: intent, sbatch, confirm (act.submit_array)."""
         tag = f"{self.name}.{pool.name}.{int(self.clock())}.{uuid.uuid4().hex[:6]}"
+        count = self.global_cap.ask(pool, tag, count, self.dry_run)  # the store's global cap
+        if count == 0:
+            return None
         token_file = worker_token(self.settings, self.client, pool, self.dry_run)
         job = render(pool, self.settings, tag, count, token_file, self.denied_hosts)
         if self.dry_run:
@@ -182,7 +195,11 @@ class ComputeManager:
             self.out("  " + " ".join(job.sbatch_argv))
             return None
         intent = SubmissionIntent(tag=tag, manager=self.name, pool=pool.name, count=count)
-        return submit_array(self.client, self.schedulers[pool.name], job, intent, self.starts)
+        site = self.sites[pool.name]
+        made = submit_array(self.client, self.schedulers[pool.name], job, intent, self.starts, site)
+        if site.refusal is not None:
+            self.preflight.soon(pool.name)  # the test says when the refusal has passed
+        return made
 
     # ------------------------------------------------------------------ the cycle
 
@@ -192,7 +209,8 @@ class ComputeManager:
         self.cycle_started = time.monotonic()
         self.register()
         asked = time.monotonic()
-        elements, unreadable = self._elements()
+        self.elements_read_at = self.clock()
+        elements, unreadable = read_elements(self.settings.pools, self.schedulers)
         self.scheduler_seconds = time.monotonic() - asked
         # After the scheduler: a worker that ends between the two reads is seen ended, not as
         # live with its job gone (which would report it lost).
@@ -246,21 +264,6 @@ class ComputeManager:
             self.mirror.apply(view, now)
         return view
 
-    def _elements(self) -> tuple[list[ElementStatus], dict[str, str]]:
-        """Every element of this manager: one status() per kind of scheduler."""
-        elements: list[ElementStatus] = []
-        unreadable: dict[str, str] = {}
-        asked: set[str] = set()
-        for pool in self.settings.pools:
-            if pool.scheduler in asked:
-                continue
-            asked.add(pool.scheduler)
-            try:
-                elements += self.schedulers[pool.name].status()
-            except SchedulerError as exc:
-                unreadable[pool.scheduler] = f"scheduler status unreadable: {exc}"
-        return elements, unreadable
-
     def _cycle_pool(
         self,
         pool: PoolConfig,
@@ -274,10 +277,15 @@ class ComputeManager:
         measured = self._measure(pool, cycle, observed, elements, now)
         obs = observation(pool, measured, info, now)
         decision = self.decide(pool, obs)
+        site = self.sites[pool.name]
+        site.binding = site_binds(obs, decision)
         self._note_budget_exhausted(pool, decision, measured.budgets)
-        self._act(pool, decision, measured.view, info)
-        extra = decision_extra(pool, self._rules(pool), obs, measured)
-        self._record(pool, decision, obs, list(decision.reasons), extra)
+        opened = {s.tag: s for s in self.mirror.open_submissions(pool.name)}
+        stale = stale_surplus(measured.view.pending, opened, obs, decision, now)
+        self._act(pool, decision, measured.view, info, stale)
+        extra = decision_extra(pool, decision, measured, site, stale)
+        reasons = [*decision.reasons, *self.global_cap.reasons(pool.name)]  # issue 17
+        self._record(pool, decision, obs, reasons, extra)
         self.last[pool.name] = decision
         return decision
 
@@ -298,37 +306,25 @@ class ComputeManager:
         view = self.check_managed_compute_services(
             pool, elements, submissions, workers, est, observed
         )
-        workers, recorded = self._settle_ends(pool, view)
-        blocked = self.preflight.check(pool, self.schedulers[pool.name], self.clock(), self._event)
+        scheduler, site = self.schedulers[pool.name], self.sites[pool.name]
+        workers, recorded = settle_ends(
+            self.client, scheduler, self.mirror, self.starts, pool, view, self.settings,
+            self.dry_run,
+        )  # fmt: skip
+        if site.read(scheduler, now):
+            self.preflight.soon(pool.name)  # a limit changed: the test may pass (or not) now
+        blocked = self.preflight.check(pool, scheduler, self.clock(), self._event, site)
         health = pool_health(
             observed.history, recorded, workers, self.starts.counted, self.settings.manager, now
         )
         budgets = measure_budgets(
-            pool, view, now, lambda since: self.client.list_workers(pool=pool.name, since=since)
+            pool, view, now, lambda since: self.client.list_workers(pool=pool.name, since=since),
+            scheduler.accounted_seconds,
+        )  # fmt: skip
+        tail = Measured.tail_of(pool, cycle.queue_stats, workers)  # the sizing rule's
+        return Measured(
+            observed, view, claimable, est, health, blocked, budgets, site.allowance(), tail
         )
-        return Measured(observed, view, claimable, est, health, blocked, budgets)
-
-    def _settle_ends(self, pool: PoolConfig, view: PoolView) -> tuple[list[Worker], int]:
-        """What the view found ended, settled this cycle: a worker whose job ended gives its
-        tasks back now (not a lease TTL later); failed starts are recorded and cancelled; quick
-        ends are counted. Returns the pool's workers (the gone ones read back as ended, so a
-        quick end counts this cycle) and how many failed starts were recorded now."""
-        for worker_id in view.gone_workers:
-            released = self.client.worker_gone(worker_id, "its job ended")
-            log.info("pool %s: worker %s's job ended; requeued %s", pool.name, worker_id, released)
-        scheduler = self.schedulers[pool.name]
-        recorded = sum(
-            record_failed_start(self.client, scheduler, pool.name, e, self.starts, self.dry_run)
-            for e in view.failed_starts
-        )
-        if view.gone_workers:
-            self.mirror.update([self.client.worker(w) for w in view.gone_workers])
-        workers = self.mirror.workers_of(pool.name)
-        crash_seconds = self.settings.manager.crash_seconds
-        recorded += sum(
-            record_quick_end(self.client, pool.name, w, self.starts, crash_seconds) for w in workers
-        )
-        return workers, recorded
 
     def _note_budget_exhausted(
         self, pool: PoolConfig, decision: Decision, budgets: tuple[Budget, ...]
@@ -340,13 +336,19 @@ class ComputeManager:
             self._event("pool.budget_exhausted", f"{pool.name} {spent}")
 
     def _act(
-        self, pool: PoolConfig, decision: Decision, view: PoolView, info: PoolInfo | None
+        self,
+        pool: PoolConfig,
+        decision: Decision,
+        view: PoolView,
+        info: PoolInfo | None,
+        stale: Sequence[str],
     ) -> None:
         """A dry run submits nothing (it prints the sbatch) and cancels nothing."""
         if decision.submit > 0:
             self.create_compute_service(pool, decision.submit)
         if not self.dry_run:
-            cancel_as_decided(self.schedulers[pool.name], pool.name, decision, view, info)
+            scheduler = self.schedulers[pool.name]
+            cancel_as_decided(scheduler, pool.name, decision, view, info, stale)
 
     def _record(
         self,

@@ -14,7 +14,7 @@ from hpcscale import estimate
 from hpcscale.config import PoolConfig
 from hpcscale.manager.elements import PoolView
 from hpcscale.manager.safety import Health
-from hpcscale.models import Backlog, Control, PoolInfo, PoolObservation, QueueStats
+from hpcscale.models import Backlog, Control, PoolInfo, PoolObservation, QueueStats, Worker
 from hpcscale.policy import Budget, Observation
 from hpcscale.schedule import active_window, pool_windows
 
@@ -30,6 +30,21 @@ class Measured:
     health: Health
     blocked: str | None  # the pre-flight's refusal
     budgets: tuple[Budget, ...]
+    site: tuple[int | None, str | None] = (None, None)  # SiteWatch.allowance()
+    # A worker's measured idle seconds beyond its start-up (estimate.idle_overhead; None: not
+    # measured yet): the sizing rule's tail.
+    tail: float | None = None
+
+    @staticmethod
+    def tail_of(
+        pool: PoolConfig, stats_of: Sequence[QueueStats], workers: Sequence[Worker]
+    ) -> float | None:
+        """The measured tail (estimate.idle_overhead) from the pool's ended workers, their
+        tasks counted at the mean of the pool's recent run times."""
+        recent = [s.recent_durations for s in stats_of if s.queue in pool.queues]
+        mean = estimate.mean_duration(recent, pool.task_duration_prior)
+        ended = [(w.started_at, w.ended_at, w.tasks_done, w.slots) for w in workers if w.ended_at]
+        return estimate.idle_overhead(ended, mean)
 
 
 def observation(
@@ -56,6 +71,9 @@ def observation(
         submit_allowance=max(0, pool.submit_ceiling - submitted),
         alarm=measured.health.alarm,
         budgets=measured.budgets,
+        tail=measured.tail,
+        site_allowance=measured.site[0],
+        site_limit=measured.site[1],
     )
 
 

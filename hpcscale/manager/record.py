@@ -9,7 +9,7 @@ shape is kept in one place. A cycle's records go in one request after every pool
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -18,8 +18,10 @@ from hpcscale.client import Client
 from hpcscale.config import PoolConfig
 from hpcscale.errors import HpcscaleError
 from hpcscale.manager.observation import Measured
+from hpcscale.manager.site import SiteWatch
+from hpcscale.manager.waits import notes, pending_reasons
 from hpcscale.models import DecisionRecord
-from hpcscale.policy import Budget, Decision, Observation, PoolRules, PoolState, effective_bounds
+from hpcscale.policy import Budget, Decision, Observation, PoolState
 
 log = logging.getLogger("hpcscale.manager")
 
@@ -75,14 +77,24 @@ class DecisionLog:
 
 
 def decision_extra(
-    pool: PoolConfig, rules: PoolRules, obs: Observation, measured: Measured
+    pool: PoolConfig,
+    decision: Decision,
+    measured: Measured,
+    site: SiteWatch,
+    cancelled: Sequence[str],
 ) -> dict[str, object]:
-    """What a decision's record carries besides the observation and the decision."""
+    """What a decision's record carries besides the observation and the decision: among it
+    the effective cap, what the site allows, why the pending elements wait and the manager's
+    own notes for `why` (issue 14: the site's refusal, the long-pending ones it cancelled)."""
     view = measured.view
+    waiting = pending_reasons(view.pending)
     burning = len(view.starting) + len(view.registered)  # elements running now
     return {
         "queue_wait": estimate.queue_wait(measured.observed.history.queue_waits),
-        "cap": effective_bounds(rules, obs)[1],
+        "cap": decision.cap,
+        "site": site.report(),
+        "pending_reasons": waiting,
+        "notes": notes(waiting, site.refusal, cancelled),
         "submitted_last_hour": measured.observed.submitted,
         "max_submit_per_hour": pool.submit_ceiling,
         "alarm": measured.health.alarm,

@@ -9,13 +9,13 @@ state for them.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hpcscale.models import TaskState
+from hpcscale.models import DecisionRecord, TaskState
 from hpcscale.policy import PoolState
 from hpcscale.statestore import Store
 from hpcscale.statestore.manager_records import latest_decisions, pool_totals
@@ -79,7 +79,10 @@ GAUGES = {
         ("observation", "claimable"),
     ),
     "hpcscale_pool_desired_workers": ("Workers the policy wants", ("desired",)),
-    "hpcscale_pool_max_workers": ("The pool's cap after set-max", ("cap",)),
+    "hpcscale_pool_max_workers": (
+        "The pool's effective cap: max_workers after set-max, a window and the site's limits",
+        ("cap",),
+    ),
     "hpcscale_pool_in_flight_workers": ("Workers in flight (policy's count)", ("in_flight",)),
     "hpcscale_pool_submitted_last_cycle": ("Workers submitted in the last cycle", ("submit",)),
     "hpcscale_pool_est_task_seconds": ("Estimated task duration", ("observation", "est_duration")),
@@ -110,9 +113,11 @@ class PoolCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families = _PoolFamilies()
-        for record in latest_decisions(self.store):
+        records = latest_decisions(self.store)
+        for record in records:
             families.add(record.pool, {**record.data, "ts": record.ts})
         yield from families.all()
+        yield pending_elements(records)
         submitted = CounterMetricFamily(
             "hpcscale_pool_submitted_workers",
             "Workers asked of the scheduler (array elements, refused ones included)",
@@ -190,6 +195,24 @@ class _PoolFamilies:
         yield from self.gauges.values()
         yield from (self.workers, self.state, self.breaker, self.alarm, self.preflight)
         yield self.budget
+
+
+def pending_elements(records: Iterable[DecisionRecord]) -> Metric:
+    """hpcscale_pending_elements{pool,reason}: why each pool's pending elements wait, in the
+    scheduler's words (Priority, Resources, PartitionDown, QOSMaxJobsPerUserLimit, ...), as
+    the manager last saw them (issue 14)."""
+    family = GaugeMetricFamily(
+        "hpcscale_pending_elements",
+        "Pending elements of a pool by the reason the scheduler gives",
+        labels=["pool", "reason"],
+    )
+    for record in records:
+        reasons = record.data.get("pending_reasons")
+        for reason, count in (reasons if isinstance(reasons, dict) else {}).items():
+            value = _number(count)
+            if value is not None:
+                family.add_metric([record.pool, str(reason)], value)
+    return family
 
 
 def _number(value: object) -> float | None:
