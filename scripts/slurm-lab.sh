@@ -35,6 +35,8 @@ else
     DIR="${SLURM_LAB_DIR:-/tmp/hpcscale-slurm-lab}"
     CLUSTER=hpcscalelab
 fi
+# SLURM_LAB_CLUSTER: another ClusterName (scripts/multicluster-lab.sh runs two labs side by side).
+CLUSTER="${SLURM_LAB_CLUSTER:-$CLUSTER}"
 CONF="$DIR/slurm.conf"
 NODES=(n1 n2 n3 n4)
 PACKAGES=(slurmctld slurmd slurm-client munge)
