@@ -13,7 +13,6 @@ every retry) is ServerUnavailable.
 from __future__ import annotations
 
 import ssl
-import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -27,6 +26,7 @@ from tenacity import (
 )
 
 from hpcscale.client_caps import CapCalls
+from hpcscale.client_tasks import TaskCalls
 from hpcscale.errors import AuthError, ClientError, NotFound, ServerUnavailable, StaleLease
 from hpcscale.models import (
     Backlog,
@@ -59,11 +59,8 @@ from hpcscale.models import (
     Submission,
     SubmissionIntent,
     SubmissionUpdate,
-    SubmitReply,
-    SubmitRequest,
     Task,
     TaskResult,
-    TaskSpec,
     TokenReply,
     TokenRequest,
     WaitReply,
@@ -117,7 +114,7 @@ def _untrusted(exc: BaseException) -> bool:
     return False
 
 
-class Client(CapCalls):  # CapCalls: the global cap's calls (client_caps.py)
+class Client(TaskCalls, CapCalls):  # the mixins: client_tasks.py, client_caps.py
     def __init__(
         self,
         url: str,
@@ -220,12 +217,6 @@ class Client(CapCalls):  # CapCalls: the global cap's calls (client_caps.py)
 
     def metrics(self) -> str:
         return str(self._request("GET", "/metrics"))
-
-    def submit(self, specs: Sequence[TaskSpec], idempotency_key: str | None = None) -> SubmitReply:
-        key = idempotency_key or uuid.uuid4().hex
-        return self._post(
-            "/v1/tasks", SubmitRequest(tasks=list(specs), idempotency_key=key), SubmitReply
-        )
 
     def list_tasks(
         self,

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from hpcscale import config
+from hpcscale.errors import ClientError, ConfigError
 
 if TYPE_CHECKING:
     from hpcscale.client import Client
@@ -21,12 +24,53 @@ def load_settings(args: argparse.Namespace) -> config.Settings:
 
 
 def make_client(args: argparse.Namespace, settings: config.Settings | None = None) -> Client:
-    from hpcscale.client import Client  # httpx and tenacity: only for commands that talk
+    """A client that fails at once when nothing listens at [server] url (a person is waiting:
+    no 16 s of retries to learn the server is down), and retries a busy server briefly."""
+    import httpx  # only for commands that talk
+
+    from hpcscale.client import Client
     from hpcscale.tokens import token_for
 
     settings = settings or load_settings(args)
-    token = token_for(settings.server.token_file)
-    return Client(settings.server.url, token, retry_for=10.0, verify=settings.server.verify)
+    server = settings.server
+    try:
+        token = token_for(server.token_file)
+    except ConfigError as exc:
+        if Path(server.token_file).expanduser().exists():
+            raise
+        raise ConfigError([f"{exc.problems[0]}: {FIRST_START_HINT}", *exc.problems[1:]]) from exc
+    verify = server.verify
+    context = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+    url = server.url
+
+    class FailFast(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            try:
+                return super().handle_request(request)
+            except httpx.ConnectError as exc:
+                raise ServerDown(url, exc) from exc
+
+    return Client(url, token, retry_for=10.0, transport=FailFast(verify=context))
+
+
+FIRST_START_HINT = (
+    "`hpcscale serve` (or `server`) writes it on its first start; on another machine, ask "
+    "the admin for one (`hpcscale token create --role submitter --output FILE`)"
+)
+
+
+class ServerDown(ClientError):
+    """Nothing answers at [server] url: say so, and how to start it, at once."""
+
+    def __init__(self, url: str, cause: Exception) -> None:
+        refused = "refused" in str(cause).lower()
+        said = (
+            f"the server is not running at {url} (connection refused): start it with "
+            "`hpcscale serve` (or its systemd unit), or set [server] url to where it runs"
+            if refused
+            else f"cannot reach the server at {url}: {cause}"
+        )
+        super().__init__(said)
 
 
 def emit(args: argparse.Namespace, data: Any, text: Callable[[], str]) -> None:

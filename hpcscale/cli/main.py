@@ -1,7 +1,8 @@
 """The `hpcscale` command: the top-level parser, the one command being run, and exit codes.
 
-Exit codes: 0 ok, 1 failure (server said no, unreachable, a task operation failed), 2 usage or
-config error.
+Exit codes: 0 ok, 1 failure (server said no, unreachable, a task operation failed, `serve`'s
+port taken, `submit --wait` tasks that did not all succeed), 2 usage or config error (bare
+`hpcscale` prints the help and exits 2).
 
 Only the run command's module is imported (see registry), so `hpcscale --help` starts fast and
 loads no web, database or HTTP client library.
@@ -43,6 +44,9 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
+    if not words:  # a first try: the help, not a usage error; still 2 for scripts
+        build_parser().print_help()
+        return 2
     args = build_parser(command_in(words)).parse_args(words)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -18,35 +18,37 @@ class Command(NamedTuple):
     help: str
 
 
-# In the order `hpcscale --help` lists them.
+# In the order `hpcscale --help` lists them: a first try, then a user's day (tasks), what to
+# watch, an admin's controls, then the services and what job scripts run.
 COMMANDS = (
-    Command("server", "services", "run the statestore API alone"),
-    Command("submit", "tasks", "submit tasks"),
-    Command("tasks", "tasks", "list tasks, or `tasks show ID`"),
-    Command("cancel", "tasks", "cancel tasks by id"),
-    Command("events", "tasks", "the event log, newest last"),
-    Command("status", "status", "backlog per queue, pools and their state, live workers"),
-    Command("token", "token", "manage API tokens"),
+    Command("demo", "demo", "the whole loop on this machine: embedded store, local workers"),
+    Command("serve", "services", "statestore API + the manager loops of the config's pools"),
     Command("check-config", "configfile", "validate a config file and print it resolved"),
-    Command("worker", "worker", "the worker loop (what job scripts run)"),
     Command(
         "render-script",
         "configfile",
         "print a pool's job script and sbatch argv, submitting nothing",
     ),
-    Command("demo", "demo", "the whole loop on this machine: embedded store, local workers"),
-    Command(
-        "simulate", "simulate", "simulate the pools of a config on a workload, with the real policy"
-    ),
-    Command("serve", "services", "statestore API + the manager loops of the config's pools"),
-    Command("manager", "services", "the manager loops alone, against a remote server"),
+    Command("submit", "tasks", "submit tasks"),
+    Command("tasks", "tasks", "list tasks, or `tasks show ID`"),
+    Command("cancel", "tasks", "cancel tasks by id, or by --queue/--state"),
+    Command("retry", "tasks", "send dead/failed/cancelled tasks back to waiting"),
+    Command("events", "tasks", "the event log, newest last"),
+    Command("status", "status", "backlog per queue, pools and their state, live workers"),
     Command("why", "pools", "a pool's last decisions and why"),
+    Command("hosts", "pools", "worker hosts: failure streaks, denied claims"),
     Command("pause", "pools", "submit nothing for POOL (workers keep running)"),
     Command("resume", "pools", "undo pause or drain"),
     Command("drain", "pools", "submit nothing, cancel pending, workers finish and exit"),
-    Command("hosts", "pools", "worker hosts: failure streaks, denied claims"),
     Command("set-max", "pools", "lower (or restore) a pool's max_workers"),
     Command("set-cap", "caps", "set (or remove) a queue's global cap across all its managers"),
+    Command("token", "token", "manage API tokens"),
+    Command("server", "services", "run the statestore API alone"),
+    Command("manager", "services", "the manager loops alone, against a remote server"),
+    Command("worker", "worker", "the worker loop (what job scripts run)"),
+    Command(
+        "simulate", "simulate", "simulate the pools of a config on a workload, with the real policy"
+    ),
 )
 BY_NAME = {c.name: c for c in COMMANDS}
 

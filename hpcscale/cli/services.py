@@ -92,8 +92,30 @@ def server_settings(args: argparse.Namespace) -> config.Settings:
         raise ConfigError(problems)
     for line in config_checks.warnings(settings):
         print(f"warning: {line}", file=sys.stderr)
+    check_port(settings.server.bind)
     check_database(settings.server.database)
     return settings
+
+
+def check_port(bind: str) -> None:
+    """The API's port, tried before anything starts or says it is up: taken is a failure
+    (exit 1) naming what to do; a port that cannot be bound at all is a config error."""
+    import errno
+    import socket
+
+    host, port = config_checks.host_port(bind)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise HpcscaleError(
+                    f"server.bind: {bind} is already in use: is `hpcscale serve` already "
+                    "running (`hpcscale status` asks it)? Stop it, or set [server] bind"
+                ) from exc
+            raise ConfigError([f"server.bind: cannot bind {bind}: {exc.strerror}"]) from exc
 
 
 def check_database(url: str) -> None:

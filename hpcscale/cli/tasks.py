@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -14,8 +14,11 @@ from hpcscale import config
 from hpcscale.cli import display
 from hpcscale.cli.common import emit, load_settings, make_client
 from hpcscale.errors import ConfigError
-from hpcscale.models import TaskSpec
+from hpcscale.models import Task, TaskSpec, TaskState
 from hpcscale.units import duration_flag
+
+if TYPE_CHECKING:
+    from hpcscale.client import Client
 
 SUBMIT_CHUNK = 1000
 
@@ -49,9 +52,26 @@ def add_parsers(
     show.add_argument("id", type=int)
     p.set_defaults(func=cmd_tasks)
 
-    p = sub.add_parser("cancel", parents=[common, listing], help="cancel tasks by id")
-    p.add_argument("ids", type=int, nargs="+")
+    p = sub.add_parser(
+        "cancel", parents=[common, listing], help="cancel tasks by id, or by --queue/--state",
+        description="Cancel tasks by id, or every waiting or running task that matches "
+        "--queue and/or --state.",
+    )  # fmt: skip
+    p.add_argument("ids", type=int, nargs="*")
+    p.add_argument("--queue", default=None, help="every not-ended task of this queue")
+    p.add_argument("--state", default=None, choices=["waiting", "running"])
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser(
+        "retry", parents=[common, listing],
+        help="send dead/failed/cancelled tasks back to waiting",
+        description="A redrive: tasks that ended dead, failed or cancelled go back to waiting "
+        "with their attempts from zero (by id, or every one matching --state/--queue).",
+    )  # fmt: skip
+    p.add_argument("ids", type=int, nargs="*")
+    p.add_argument("--queue", default=None, help="every matching task of this queue")
+    p.add_argument("--state", default=None, choices=["dead", "failed", "cancelled"])
+    p.set_defaults(func=cmd_retry)
 
     p = sub.add_parser("events", parents=[common, listing], help="the event log, newest last")
     p.add_argument("--kind-prefix", default=None, help="e.g. task. or worker.lost")
@@ -87,6 +107,10 @@ def _add_submit(
         help="environment variable for the task; KEY alone copies this shell's value (repeatable)",
     )
     p.add_argument("--file", type=Path, help="JSONL file, one JSON task a line")
+    p.add_argument(
+        "--wait", action="store_true",
+        help="wait for the tasks to end; exit 0 if all succeeded, else 1 (each one's end shown)",
+    )  # fmt: skip
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND ARG...")
     p.set_defaults(func=cmd_submit)
 
@@ -103,8 +127,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 print(f"\rsubmitted {len(ids)}/{len(specs)}", end="", file=sys.stderr)
         if show_progress:
             print(file=sys.stderr)
-    emit(args, {"ids": ids}, lambda: _submitted_text(ids))
-    return 0
+        if not args.wait:
+            emit(args, {"ids": ids}, lambda: _submitted_text(ids))
+            return 0
+        print(_submitted_text(ids), file=sys.stderr)
+        from hpcscale.client_tasks import TaskHandle
+
+        ended = [TaskHandle(client, i).wait() for i in ids]
+    emit(args, ended, lambda: "\n".join(_ended_text(t) for t in ended))
+    return 0 if all(t.state == TaskState.SUCCEEDED for t in ended) else 1
+
+
+def _ended_text(task: Task) -> str:
+    how = f"exit code {task.exit_code}" if task.exit_code is not None else task.reason or "-"
+    return f"task {task.id}: {task.state.value} ({how})"
 
 
 def _specs(args: argparse.Namespace) -> list[TaskSpec]:
@@ -163,14 +199,45 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         tasks = client.list_tasks(
             state=args.state, queue=args.queue, limit=args.limit, after=args.after
         )
+        more = 0
+        if len(tasks) == args.limit:
+            more = client.count_tasks(state=args.state, queue=args.queue, after=tasks[-1].id)
+    if more and not args.json:
+        print(f"... and {more} more: `hpcscale tasks --after {tasks[-1].id}`", file=sys.stderr)
     emit(args, tasks, lambda: display.tasks_table(tasks) if tasks else "no tasks")
     return 0
 
 
+def _chosen(args: argparse.Namespace, client: Client, states: tuple[str, ...]) -> list[int]:
+    """The ids given, or every task in `states` (narrowed by --state) of --queue."""
+    if args.ids:
+        return list(args.ids)
+    ids: list[int] = []
+    for state in [args.state] if args.state else states:
+        after = 0
+        while page := client.list_tasks(state=state, queue=args.queue, limit=1000, after=after):
+            ids += [t.id for t in page]
+            after = page[-1].id
+    return sorted(ids)
+
+
+def _check_selection(args: argparse.Namespace) -> None:
+    """Ids, or filters: checked before any token is read or request sent."""
+    if args.ids and (args.queue or args.state):
+        raise ConfigError([f"{args.command}: give ids, or --queue/--state, not both"])
+    if not args.ids and not (args.queue or args.state):
+        raise ConfigError([f"{args.command}: give task ids, or --queue and/or --state"])
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
+    _check_selection(args)
     with make_client(args) as client:
-        cancelled = client.cancel(args.ids)
-    missed = sorted(set(args.ids) - set(cancelled))
+        ids = _chosen(args, client, ("waiting", "running"))
+        cancelled = [i for c in range(0, len(ids), 1000) for i in client.cancel(ids[c : c + 1000])]
+    if not ids:
+        print("no task matches")
+        return 0
+    missed = sorted(set(ids) - set(cancelled))
     emit(
         args,
         {"cancelled": cancelled, "not_cancelled": missed},
@@ -183,6 +250,22 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             )
         ),
     )
+    return 0 if not missed else 1
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    _check_selection(args)
+    with make_client(args) as client:
+        ids = _chosen(args, client, ("dead", "failed"))
+        retried = [i for c in range(0, len(ids), 1000) for i in client.retry(ids[c : c + 1000])]
+    missed = sorted(set(ids) - set(retried))
+    emit(
+        args,
+        {"retried": retried, "not_retried": missed},
+        lambda: f"retried {len(retried)}: {' '.join(map(str, retried)) or '-'}"
+        + (f"\nnot retried (unknown, or not ended unsuccessfully): {' '.join(map(str, missed))}"
+           if missed else ""),
+    )  # fmt: skip
     return 0 if not missed else 1
 
 

@@ -168,3 +168,17 @@ class CancelRequest(_Wire):
 
 class CancelReply(_Wire):
     cancelled: list[int]
+
+
+class RetryRequest(_Wire):
+    """Ended tasks to send back to `waiting` (dead, failed or cancelled; others are left)."""
+
+    ids: list[TaskId] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class RetryReply(_Wire):
+    retried: list[int]
+
+
+class TaskCount(_Wire):
+    count: int

@@ -22,6 +22,11 @@ from hpcscale.statestore.schema import batches, tasks, waiting_counts
 # the query names its predicate (PostgreSQL's generic plans of prepared statements included).
 WAITING: Any = literal_column("'waiting'")
 RECENT_DURATIONS = estimate.RECENT_DURATIONS
+# What a retried task forgets of its last run (its output tail stays until the next one ends).
+AFRESH: dict[str, Any] = {
+    "attempts": 0, "lease_owner": None, "lease_expiry": None, "exit_code": None, "reason": None,
+    "started_at": None, "ended_at": None,
+}  # fmt: skip
 
 
 class Tasks(StoreBase):
@@ -143,6 +148,43 @@ class Tasks(StoreBase):
                 ],
             )
         return sorted(cancelled)
+
+    def retry(self, ids: Sequence[int]) -> list[int]:
+        """Send ended tasks that did not succeed (dead, failed, cancelled) back to `waiting`
+        with their attempts from zero: a redrive once the cause is fixed. The fence is kept
+        (it only grows), so a result from a lease of before the retry stays stale."""
+        now = self.clock()
+        again = [TaskState.DEAD.value, TaskState.FAILED.value, TaskState.CANCELLED.value]
+        with self._write() as conn:
+            retried = [
+                int(r.id)
+                for r in conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id.in_(list(ids)), tasks.c.state.in_(again))
+                    .values(state=TaskState.WAITING.value, submitted_at=now, **AFRESH)
+                    .returning(tasks.c.id)
+                )
+            ]
+            self._events(
+                conn,
+                [
+                    {"ts": now, "kind": "task.retried", "task_id": i, "detail": None}
+                    for i in retried
+                ],
+            )
+        return sorted(retried)
+
+    def count_after(
+        self, *, state: str | None = None, queue: str | None = None, after_id: int = 0
+    ) -> int:
+        """How many tasks a listing would still show past `after_id` (a page's last id)."""
+        query = select(func.count()).select_from(tasks).where(tasks.c.id > after_id)
+        if state is not None:
+            query = query.where(tasks.c.state == state)
+        if queue is not None:
+            query = query.where(tasks.c.queue == queue)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def get_task(self, task_id: int) -> Task:
         with self._read() as conn:

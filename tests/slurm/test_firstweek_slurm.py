@@ -33,7 +33,7 @@ def serve(tmp_path: Path) -> Iterator[ServerProcess]:
         poll_interval="2s", pools=[{"name": "cpu", "max_workers": 2, "max_empty_claims": 1}],
     )  # fmt: skip
     server.write_config()
-    (root / "analyse.py").write_text("raise SystemExit(\"serve's analyse.py\")\n")
+    (root / "analyse.py").write_text('raise SystemExit("serve\'s analyse.py")\n')
     server.start()
     yield server
     server.stop()
@@ -99,3 +99,46 @@ def test_a_task_no_pool_can_run_is_refused_and_costs_no_job(
         time.sleep(0.5)
     with serve.admin() as admin:
         assert admin.list_tasks() == []
+
+
+def test_submit_wait_exits_with_the_tasks_outcome(serve: ServerProcess, tmp_path: Path) -> None:
+    ran = cli(serve, "submit", "--wait", "--", "sh", "-c", "echo fine", cwd=tmp_path)
+    assert ran.returncode == 0 and "succeeded (exit code 0)" in ran.stdout, ran
+    ran = cli(serve, "submit", "--wait", "--max-attempts", "1", "--", "sh", "-c", "exit 3",
+              cwd=tmp_path)  # fmt: skip
+    assert ran.returncode == 1 and "dead (exit code 3)" in ran.stdout, ran
+
+
+def test_the_python_api_submits_and_waits_for_results(
+    serve: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpcscale.client import Client
+
+    # the default cwd of a task is the caller's, as with `hpcscale submit`
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.txt").write_text("42\n")
+    with Client.from_config(serve.config_path) as client:
+        handles = client.submit(["cat", "data.txt"])
+        failing = client.submit(["sh", "-c", "echo oops >&2; exit 5"], max_attempts=1)
+        outcome = handles[0].result(timeout=120)
+        bad = failing[0].result(timeout=120)
+    assert (outcome.state.value, outcome.exit_code, outcome.ok) == ("succeeded", 0, True)
+    assert outcome.output_tail == "42\n"
+    assert (bad.state.value, bad.exit_code, bad.ok) == ("dead", 5, False)
+    assert "oops" in (bad.output_tail or "") and bad.reason == "exit code 5"
+
+
+def test_dead_tasks_are_retried_once_the_cause_is_fixed(
+    serve: ServerProcess, tmp_path: Path
+) -> None:
+    flag = tmp_path / "ready"
+    ran = cli(serve, "submit", "--json", "--queue", "default", "--max-attempts", "1", "--",
+              "test", "-e", str(flag), cwd=tmp_path)  # fmt: skip
+    task = json.loads(ran.stdout)["ids"][0]
+    shown = wait_for("the task to end", lambda: ended(serve, task, tmp_path), timeout=120)
+    assert shown["state"] == "dead"
+    flag.touch()
+    ran = cli(serve, "retry", "--state", "dead", "--queue", "default", cwd=tmp_path)
+    assert ran.returncode == 0 and ran.stdout.strip() == f"retried 1: {task}", ran
+    shown = wait_for("the retried task to end", lambda: ended(serve, task, tmp_path), timeout=120)
+    assert shown["state"] == "succeeded" and shown["attempts"] == 1, shown

@@ -26,7 +26,7 @@ FROZEN = ROOT / "tests" / "fixtures" / "contract"
 COMMANDS = [
     "", "server", "submit", "tasks", "tasks show", "cancel", "events", "status", "token",
     "token create", "check-config", "worker", "render-script", "demo", "simulate", "serve",
-    "manager", "why", "pause", "resume", "drain", "hosts", "set-max", "set-cap",
+    "manager", "why", "pause", "resume", "drain", "hosts", "set-max", "set-cap", "retry",
 ]  # fmt: skip
 CONFIGS = [
     "example",

@@ -13,9 +13,12 @@ from hpcscale.models import (
     CancelReply,
     CancelRequest,
     QueueName,
+    RetryReply,
+    RetryRequest,
     SubmitReply,
     SubmitRequest,
     Task,
+    TaskCount,
     TaskSpec,
     TaskState,
 )
@@ -51,6 +54,20 @@ def list_tasks(
     )
 
 
+@router.get("/v1/tasks/count", responses=AUTH_ERRORS)
+def count_tasks(
+    _who: AnyReader,
+    store: StoreDep,
+    state: TaskState | None = None,
+    queue: QueueName | None = None,
+    after: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
+) -> TaskCount:
+    """How many tasks a listing with these filters would show past id `after`: what a page
+    of `tasks` did not show."""
+    chosen = state.value if state else None
+    return TaskCount(count=store.count_after(state=chosen, queue=queue, after_id=after))
+
+
 @router.get("/v1/tasks/{task_id}", responses=AUTH_ERRORS | error(404, "no task with this id"))
 def show_task(
     task_id: Annotated[int, FPath(ge=1, le=MAX_INT64)], _who: AnyReader, store: StoreDep
@@ -61,6 +78,14 @@ def show_task(
 @router.post("/v1/tasks/cancel", responses=AUTH_ERRORS)
 def cancel(body: CancelRequest, _who: Submitter, store: StoreDep) -> CancelReply:
     return CancelReply(cancelled=store.cancel(body.ids))
+
+
+@router.post("/v1/tasks/retry", responses=AUTH_ERRORS)
+def retry(body: RetryRequest, _who: Submitter, context: Context) -> RetryReply:
+    """Dead, failed or cancelled tasks back to `waiting`, attempts from zero (a redrive)."""
+    retried = context.store.retry(body.ids)
+    context.wakeups.new_work()
+    return RetryReply(retried=retried)
 
 
 def unrunnable(specs: Sequence[TaskSpec], pools: Sequence[PoolConfig]) -> list[str]:
