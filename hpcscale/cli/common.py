@@ -48,6 +48,8 @@ def make_client(args: argparse.Namespace, settings: config.Settings | None = Non
             try:
                 return super().handle_request(request)
             except httpx.ConnectError as exc:
+                if _tls_failure(exc):  # the client says what to trust instead
+                    raise
                 raise ServerDown(url, exc) from exc
 
     return Client(url, token, retry_for=10.0, transport=FailFast(verify=context))
@@ -57,6 +59,15 @@ FIRST_START_HINT = (
     "`hpcscale serve` (or `server`) writes it on its first start; on another machine, ask "
     "the admin for one (`hpcscale token create --role submitter --output FILE`)"
 )
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 class ServerDown(ClientError):
