@@ -50,6 +50,7 @@ class Role(StrEnum):
     MANAGER = "manager"
     WORKER = "worker"
     SUBMITTER = "submitter"
+    READER = "reader"  # reads (tasks, status, /metrics) and changes nothing: monitoring
 
 
 class _Wire(BaseModel):

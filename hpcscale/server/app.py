@@ -52,6 +52,9 @@ def create_app(store: Store, settings: Settings, *, reaper: bool = True) -> Fast
         redoc_url=None,
     )
     app.state.context = context
+    context.metrics.configure(
+        [p.name for p in settings.pools], [q for p in settings.pools for q in p.queues]
+    )
     add_error_handlers(app)
     for module in ROUTERS:
         # The routes themselves, as the app's own: `include_router` would add each router as

@@ -1,9 +1,11 @@
 """Who may call what: bearer tokens, roles and queue scopes, as FastAPI dependencies.
 
-Roles: admin does everything; a submitter submits, reads and cancels tasks; a worker registers,
-claims, heartbeats and reports (only for the queues its token names, when it names any); a
-manager reads backlogs, workers and events and sets pool controls. The per-task fast path calls
-`authorize` itself, the same check the dependencies make.
+Roles: admin does everything, and alone sets pool controls (pause, drain, set-max); a submitter
+submits, reads, cancels and retries tasks; a worker registers, claims, heartbeats and reports
+(only for the queues its token names, when it names any); a manager reads backlogs, workers and
+events and records its submissions and decisions; a reader reads what a submitter and a manager
+read, /metrics included, and changes nothing (Prometheus, dashboards, a help desk). The per-task
+fast path calls `authorize` itself, the same check the dependencies make.
 """
 
 from typing import Annotated, Any
@@ -65,11 +67,13 @@ async def _store(request: Request) -> Store:
     return context_of(request).store
 
 
-AnyReader = Annotated[TokenInfo, caller(Role.SUBMITTER, Role.MANAGER)]
+AnyReader = Annotated[TokenInfo, caller(Role.SUBMITTER, Role.MANAGER, Role.READER)]
+# What a manager reads (workers, pools, /metrics): monitoring reads it too, and changes nothing.
+Monitor = Annotated[TokenInfo, caller(Role.MANAGER, Role.READER)]
 Submitter = Annotated[TokenInfo, caller(Role.SUBMITTER)]
 WorkerTok = Annotated[TokenInfo, caller(Role.WORKER)]
 Manager = Annotated[TokenInfo, caller(Role.MANAGER)]
-Stats = Annotated[TokenInfo, caller(Role.WORKER, Role.MANAGER)]
+Stats = Annotated[TokenInfo, caller(Role.WORKER, Role.MANAGER, Role.READER)]
 Admin = Annotated[TokenInfo, caller()]
 WORKER_ROLES = frozenset({Role.ADMIN, Role.WORKER})
 

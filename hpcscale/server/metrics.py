@@ -41,10 +41,17 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        self.registry.register(StoreCollector(store))
+        self.store_gauges = StoreCollector(store)
+        self.registry.register(self.store_gauges)
         self.claimed_in = functools.cache(self.claimed.labels)
         self.results_by = functools.cache(self.results.labels)
         self.registry.register(PoolCollector(store))
+
+    def configure(self, pools: Iterable[str], queues: Iterable[str]) -> None:
+        """The config's pools and queues: each has its series from the first scrape, zeros on a
+        fresh install (else a dashboard's panels and its $queue/$job variables are empty)."""
+        self.store_gauges.pools = frozenset(pools)
+        self.store_gauges.queues = frozenset(queues)
 
 
 class StoreCollector(Collector):
@@ -52,19 +59,22 @@ class StoreCollector(Collector):
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.pools: frozenset[str] = frozenset()  # configured: shown even at zero
+        self.queues: frozenset[str] = frozenset()
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
             "hpcscale_tasks", "Tasks in the store by queue and state", labels=["queue", "state"]
         )
         counts = self.store.count_tasks()
-        queues = sorted({q for q, _ in counts})
+        queues = sorted({q for q, _ in counts} | self.queues)
         for queue in queues:
             for state in TaskState:
                 family.add_metric([queue, state.value], counts.get((queue, state.value), 0))
         yield family
         workers = GaugeMetricFamily("hpcscale_workers", "Live workers by pool", labels=["pool"])
-        by_pool: dict[str, int] = {}
+        known = self.pools | {pool.name for pool in self.store.list_pools()}  # managers' pools
+        by_pool: dict[str, int] = dict.fromkeys(known, 0)
         for worker in self.store.list_workers(live_only=True):
             by_pool[worker.pool] = by_pool.get(worker.pool, 0) + 1
         for pool, count in sorted(by_pool.items()):

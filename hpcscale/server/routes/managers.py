@@ -30,7 +30,7 @@ from hpcscale.models import (
     WorkerGone,
     WorkerId,
 )
-from hpcscale.server.dependencies import AnyReader, Context, Manager, StoreDep
+from hpcscale.server.dependencies import AnyReader, Context, Manager, Monitor, StoreDep
 from hpcscale.server.errors import AUTH_ERRORS, error
 
 router = APIRouter(tags=["manager"])
@@ -131,7 +131,7 @@ def worker_gone(
 
 @router.get("/v1/pools/{pool}/history", responses=AUTH_ERRORS)
 def pool_history(
-    pool: QueueName, _who: Manager, store: StoreDep, since: Annotated[float, Query(ge=0)] = 0.0
+    pool: QueueName, _who: Monitor, store: StoreDep, since: Annotated[float, Query(ge=0)] = 0.0
 ) -> PoolHistory:
     return store.pool_history(pool, since)
 

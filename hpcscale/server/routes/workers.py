@@ -38,7 +38,7 @@ from hpcscale.server.context import context_of
 from hpcscale.server.dependencies import (
     WORKER_ROLES,
     Context,
-    Manager,
+    Monitor,
     StoreDep,
     WorkerTok,
     acting_as,
@@ -67,7 +67,7 @@ def register(body: WorkerRegistration, who: WorkerTok, store: StoreDep) -> Worke
 
 @router.get("/v1/workers", response_model=list[Worker], responses=AUTH_ERRORS)
 def list_workers(
-    _who: Manager,
+    _who: Monitor,
     store: StoreDep,
     pool: QueueName | None = None,
     live: bool = False,
@@ -80,7 +80,7 @@ def list_workers(
 
 
 @router.get("/v1/workers/{worker_id}", responses=AUTH_ERRORS | error(404, "no worker with this id"))
-def get_worker(worker_id: WorkerId, _who: Manager, store: StoreDep) -> Worker:
+def get_worker(worker_id: WorkerId, _who: Monitor, store: StoreDep) -> Worker:
     return store.get_worker(worker_id)
 
 
