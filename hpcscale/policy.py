@@ -3,10 +3,7 @@
 No I/O and no clock of its own (`now` is in the observation), so the manager, the simulator and
 the tests run the very same decisions. The sizing rule (DESIGN.md):
 
-    lifetime   = min(max_time, wall time) - startup
-    per_worker = slots * min(max_tasks or inf, lifetime / est_duration)
-    overhead   = startup + tail            (a worker's paid seconds that run no task; measured,
-                                            the priors until measured)
+    overhead   = startup + tail  (a worker's paid seconds that run no task; measured, else priors)
     by_cost    = floor(work * (1 - efficiency) / (efficiency * slots * overhead))
     needed     = max(1, by_cost, by the deadline if set), at most ceil(claimable_slots / slots)
     desired    = clamp(needed, min_workers (or a window's), max_workers)
@@ -14,14 +11,11 @@ the tests run the very same decisions. The sizing rule (DESIGN.md):
     submit     = clamp(desired - in_flight, 0, max_submit_per_cycle, max_pending - pending,
                        max_workers - all in flight, array limit, left of max_submit_per_hour)
 
-Cost safety (issue 8): a pool whose pre-flight check failed (`blocked`: the scheduler's own
-test of the real job script refused it) submits nothing and is DEGRADED with the scheduler's
-message; `submit_allowance` (what is left of the hourly ceiling, counted by the manager from the
-store's submission records) caps `submit`; `alarm` (a crash loop) is shown in the reasons.
-
-The hard max counts every element that exists or may exist (unconfirmed submissions included)
-and never subtracts workers that are leaving: they still hold their slot of the allocation
-until their job is gone (invariant 3).
+Cost safety (issue 8): a failed pre-flight (`blocked`) submits nothing (DEGRADED);
+`submit_allowance` (left of the hourly ceiling) caps `submit` and, when the ceiling could not
+buy them back, holds idle workers (`hold`); `alarm` (a crash loop) is in the reasons. The hard
+max counts every element that exists or may exist (unconfirmed submissions included) and never
+subtracts workers that are leaving: they hold their slot until their job is gone (invariant 3).
 """
 
 from __future__ import annotations
@@ -40,7 +34,7 @@ STARTUP_SECONDS = 10.0
 # BENCHMARKS.md "Side by side"), and the idle tail after its last task (the worker's empty
 # claims: PoolRules.tail_prior, from its config).
 STARTUP_PRIOR = 3.0
-EFFICIENCY = 0.95
+EFFICIENCY = 0.9
 
 
 class PoolState(StrEnum):
@@ -160,6 +154,7 @@ class Decision:
     needed: int = 0
     in_flight: int = 0
     cap: int = 0  # the effective cap: min(max_workers, set-max, window, what the site allows)
+    hold: int = 0  # idle workers the store keeps from leaving (hold_idle)
 
 
 LEAVING_MARGIN = 30.0
@@ -265,11 +260,8 @@ def needed_workers(rules: PoolRules, obs: Observation) -> tuple[int, list[str]]:
     if obs.claimable <= 0:
         return 0, ["no claimable tasks"]
     lifetime = max(1.0, rules.lifetime - STARTUP_SECONDS)
-    # Wall-time edge (fix, tests/test_policy.py::test_lifetime_shorter_than_a_task_*): a worker
-    # whose whole life is shorter than one task can run none of them. The worker refuses to
-    # claim without time left for the task (invariant 6) and ends at once, so submitting it would
-    # only churn jobs through the scheduler every cycle while the backlog never moves. The
-    # min_workers floor (an explicit wish) still applies in decide().
+    # A worker whose life is shorter than one task runs none (invariant 6): submitting it only
+    # churns jobs (test_lifetime_shorter_than_a_task_*). The floor still applies in decide().
     if lifetime < obs.est_duration:
         return 0, [
             f"{obs.claimable} claimable, but a worker's life ({lifetime:g}s after startup) is"
@@ -340,7 +332,19 @@ def decide(rules: PoolRules, obs: Observation) -> Decision:
         state = PoolState.BUDGET_EXHAUSTED  # wants workers, none fits; running ones carry on
     submit, state = through_the_breaker(obs, submit, state, reasons)
     cancel = surplus_pending(rules, obs, desired, in_flight, reasons)
-    return Decision(desired, submit, cancel, state, tuple(reasons), needed, in_flight, cap)
+    hold = hold_idle(obs, submit)
+    return Decision(desired, submit, cancel, state, tuple(reasons), needed, in_flight, cap, hold)
+
+
+def hold_idle(obs: Observation, submit: int) -> int:
+    """Workers to keep past their empty claims: those the hourly ceiling could not buy back.
+    Workers that leave at their first empty claim cost nothing between bursts, but a trickle of
+    tasks would spend the hour's submissions in minutes, a job a task, then wait for the hour
+    to roll (found with the simulator)."""
+    if obs.submit_allowance is None:
+        return 0
+    alive = obs.all_in_flight + submit
+    return max(0, min(alive, alive - (obs.submit_allowance - submit)))
 
 
 def counted_in_flight(obs: Observation, reasons: list[str]) -> int:

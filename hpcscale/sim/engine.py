@@ -365,8 +365,9 @@ class Simulation:
     def _cycle_pool(self, pool: _Pool) -> None:
         """observe -> decide -> act, as manager.ComputeManager._cycle_pool does."""
         obs = self._observe(pool)
-        pool.floor = pool.cfg.floor_at(self.now) if pool.windows else pool.cfg.min_workers
         decision = self.decide(pool.cfg.name, obs)
+        floor = pool.cfg.floor_at(self.now) if pool.windows else pool.cfg.min_workers
+        pool.floor = max(floor, decision.hold)  # what the manager tells the store next
         if decision.cancel_pending:
             self._cancel_pending(pool, decision.cancel_pending)
         if decision.submit > 0:

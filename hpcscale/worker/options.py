@@ -71,7 +71,7 @@ class WorkerOptions:
         default=0, metadata=_about("int", "0: no limit", key=True, ge=0, le=2**31 - 1)
     )
     max_time: float = _duration(0.0, key=True)
-    max_empty_claims: int = field(default=3, metadata=_about("int", key=True, ge=1))
+    max_empty_claims: int = field(default=1, metadata=_about("int", key=True, ge=1))
     empty_claim_sleep: float = _duration(10.0, key=True)
     heartbeat_interval: float = _duration(30.0, key=True)
     claim_margin: float = _duration(30.0, key=True)

@@ -103,7 +103,7 @@ def test_render_slurm_script_and_argv(tmp_path: Path) -> None:
         "--slots": "2",
         "--max-tasks": "5",
         "--max-time": "1800",  # max_time 2h capped at the 30 min wall time
-        "--max-empty-claims": "3",
+        "--max-empty-claims": "1",
         "--empty-claim-sleep": "5",
         "--heartbeat-interval": "30",
         "--claim-margin": "30",

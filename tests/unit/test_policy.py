@@ -344,7 +344,7 @@ def test_rules_from_pool(wall: str, max_time: float, lifetime: float) -> None:
         max_array_size=77,
         cancel_unneeded_pending=True,
         max_submit_per_hour=pool.submit_ceiling,
-        tail_prior=20.0,  # the worker's defaults: 3 empty claims, 10 s apart
+        tail_prior=0.0,  # the worker's default: it leaves at its first empty claim
     )
 
 
@@ -811,8 +811,8 @@ def test_workload_w_burst_gets_the_whole_cap_untuned() -> None:
     8 workers' start-up and tail (24 s) are 3% of the 724 s they are paid."""
     seen = obs(200, 3.5, startup=2.7, tail=0.3)
     decision = decide(untuned(), seen)
-    assert (decision.needed, decision.desired, decision.submit) == (12, 8, 8), reasons(decision)
-    assert "efficiency 0.95 allows 12" in reasons(decision)
+    assert (decision.needed, decision.desired, decision.submit) == (25, 8, 8), reasons(decision)
+    assert "efficiency 0.9 allows 25" in reasons(decision)
     old = decide(untuned(target_drain_time=1800.0, efficiency=1.0), seen)
     assert old.submit == 1  # what issue 15 found
 
@@ -820,18 +820,19 @@ def test_workload_w_burst_gets_the_whole_cap_untuned() -> None:
 @pytest.mark.parametrize(
     ("case", "rule", "seen", "needed"),
     [
-        # work x (1 - e) / (e x slots x overhead): 700 x 0.05 / 0.95 / 3 = 12.3
-        ("measured", {}, {"startup": 2.7, "tail": 0.3}, 12),
-        # priors until measured: startup_prior 3 + tail_prior 0 give the same 12
-        ("priors", {}, {}, 12),
-        ("a lingering tail", {}, {"startup": 3.0, "tail": 20.0}, 1),  # 35 / 23 = 1.5
-        ("tail prior from the config", {"tail_prior": 20.0}, {}, 1),
-        ("measured beats the prior", {"tail_prior": 20.0}, {"tail": 0.0}, 12),
+        # work x (1 - e) / (e x slots x overhead): 700 x 0.1 / 0.9 / 3 = 25.9
+        ("measured", {}, {"startup": 2.7, "tail": 0.3}, 25),
+        # priors until measured: startup_prior 3 + tail_prior 0 give the same 25
+        ("priors", {}, {}, 25),
+        ("a lingering tail", {}, {"startup": 3.0, "tail": 20.0}, 3),  # 77.8 / 23 = 3.4
+        ("tail prior from the config", {"tail_prior": 20.0}, {}, 3),
+        ("measured beats the prior", {"tail_prior": 20.0}, {"tail": 0.0}, 25),
         ("a lower efficiency", {"efficiency": 0.8}, {"startup": 3.0, "tail": 20.0}, 7),
         ("efficiency 1: overhead buys no worker", {"efficiency": 1.0}, {}, 1),
-        ("slots share the overhead", {"slots": 4}, {}, 3),  # 700 x .05/.95 / (4 x 3)
+        ("a higher efficiency, fewer", {"efficiency": 0.95}, {}, 12),  # 700 x .05/.95 / 3
+        ("slots share the overhead", {"slots": 4}, {}, 6),  # 700 x .1/.9 / (4 x 3)
         ("a deadline asks for more", {"target_drain_time": 10.0}, {"tail": 100.0}, 70),
-        ("a loose deadline asks for none", {"target_drain_time": 1e6}, {}, 12),
+        ("a loose deadline asks for none", {"target_drain_time": 1e6}, {}, 25),
         ("never more than the backlog fills", {}, {"startup": 0.0, "tail": 0.0}, 200),
     ],
 )
@@ -886,3 +887,23 @@ def test_config_efficiency_and_optional_deadline_reach_the_rules() -> None:
     # a surplus worker claims max_empty_claims times, empty_claim_sleep apart, then leaves
     assert rule.tail_prior == (pool.worker.max_empty_claims - 1) * pool.worker.empty_claim_sleep
     assert rules_from_pool(PoolConfig(name="p", target_drain_time=30.0)).target_drain_time == 30.0
+
+
+@pytest.mark.parametrize(
+    ("case", "seen", "hold"),
+    [
+        ("no ceiling", {"registered": 3}, 0),
+        ("plenty left", {"registered": 3, "submit_allowance": 20}, 0),
+        ("none left: keep them all", {"registered": 3, "submit_allowance": 0}, 3),
+        ("one left: keep all but one", {"registered": 3, "submit_allowance": 1}, 2),
+        # the decision's own submission spends the allowance and is held too
+        ("the last one submitted now", {"submit_allowance": 1}, 1),
+    ],
+)
+def test_hold_idle_keeps_what_the_hourly_ceiling_could_not_buy_back(
+    case: str, seen: dict[str, Any], hold: int
+) -> None:
+    """A trickle under workers that leave at their first empty claim would spend the hour's
+    submissions in minutes and then wait for the hour to roll: the store keeps them instead."""
+    decision = decide(untuned(), obs(1, 3.5, **seen))
+    assert decision.hold == hold, (case, reasons(decision))

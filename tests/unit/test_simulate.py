@@ -43,7 +43,8 @@ MANAGER = ManagerConfig(poll_interval=30.0)
 
 
 def pool(**changes: Any) -> PoolConfig:
-    worker = WorkerConfig(**changes.pop("worker", {}))
+    """A pool whose idle workers claim 3 times, 10 s apart (the hand-computed cases' worker)."""
+    worker = WorkerConfig(**{"max_empty_claims": 3, **changes.pop("worker", {})})
     slurm = SlurmConfig(**changes.pop("slurm", {}))
     base: dict[str, Any] = {
         "name": "p",
@@ -469,3 +470,15 @@ def test_issue_15_budget_ceiling_and_window_are_all_honoured(
     assert main(["--scenario", "burst", "--config", str(conf), "--horizon", "1d", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["peak_workers"] == 2 and data["pools"][0]["workers_submitted"] == 2
+
+
+def test_a_trickle_under_the_hourly_ceiling_is_served_by_held_workers() -> None:
+    """A task every 20 s, workers that leave at their first empty claim: a job a task spends
+    the ceiling (4 x max_workers = 32 an hour) in minutes; the pool then holds its worker
+    (policy.hold_idle) instead of leaving the trickle waiting for the hour to roll."""
+    tasks = [SimTask(i * 20.0, 5.0) for i in range(180)]
+    result = run(tasks, pool(max_workers=8, worker={"max_empty_claims": 1}), record=True)
+    assert result.pools[0].submitted <= 32
+    waits = sorted(result.task_waits)
+    assert waits[int(0.9 * len(waits))] < 60.0, "no task waited for the hour to roll"
+    assert any(d.hold for _, _, d in result.decisions)

@@ -154,7 +154,8 @@ def test_a_lost_lease_stops_the_run(live_server: LiveServer, tmp_path: Path) -> 
         (tid,) = admin.submit(
             [TaskSpec(command=["sh", "-c", f"echo $$ > {pidfile}; sleep 60"])]
         ).ids
-    worker = worker_process(live_server, tmp_path)
+    # idle, it stays for the SIGTERM below (it would leave at its first empty claim)
+    worker = worker_process(live_server, tmp_path, "--max-empty-claims", "3")
     try:
         wait_for("the task to start", lambda: pidfile.exists() and pidfile.read_text(), 30)
         pid = int(pidfile.read_text())
