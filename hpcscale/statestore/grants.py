@@ -14,9 +14,10 @@ another instance holds the name or the manager's heartbeat is older than its `st
 Elements a dead manager did submit still count (they are in the cluster's queue) until their
 workers end or a restarted manager closes the submission.
 
-Known approximation: an element whose job Slurm requeued after its worker ended counts as done
-until a new worker registers; an element that never started a worker counts until its manager
-closes the submission. Both err by at most the elements involved, for a cycle or two.
+Known approximations: an element whose worker ended counts for GONE_GRACE more seconds (its job
+is still listed while it completes); an element whose job Slurm requeued after its worker ended
+counts as done until a new worker registers; an element that never started a worker counts
+until its manager closes the submission.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, case, delete, func, insert, select, tuple_, update
+from sqlalchemy import Connection, case, delete, func, insert, or_, select, tuple_, update
 
 from hpcscale.models import (
     LIVE_WORKER_STATES,
@@ -38,6 +39,11 @@ from hpcscale.statestore.database import StoreBase
 from hpcscale.statestore.schema import grants, managers, queue_caps, submissions, workers
 
 _OPEN = tuple(s.value for s in OPEN_SUBMISSION_STATES)
+# An element whose worker has ended still holds its place for this long: Slurm lists the job
+# until its batch script has exited and the node has cleaned up after it (COMPLETING), which
+# follows the worker's deregistration (measured ~1 s on the lab). Without it, another manager
+# could submit into a place squeue still shows taken (tests/slurm/test_multicluster_slurm.py).
+GONE_GRACE = 3.0
 
 
 class Grants(StoreBase):
@@ -139,7 +145,7 @@ def _shares(
         .outerjoin(managers, managers.c.name == grants.c.manager)
         .where(grants.c.queue.in_(queues))
     ).all()
-    done = _ended_elements(conn, [r.tag for r in rows if r.state in _OPEN])
+    done = _ended_elements(conn, [r.tag for r in rows if r.state in _OPEN], now - GONE_GRACE)
     ended: list[tuple[str, str]] = []
     for r in rows:
         if r.state is None:  # granted, no intent yet: held while its manager lives
@@ -155,12 +161,14 @@ def _shares(
     return shares, ended
 
 
-def _ended_elements(conn: Connection, tags: list[str]) -> dict[str, int]:
-    """Per submission, its elements whose worker has ended (and none of the element's live)."""
+def _ended_elements(conn: Connection, tags: list[str], before: float) -> dict[str, int]:
+    """Per submission, its elements whose worker ended `before` (and none of the element's
+    live, or ended since: a requeued element's new worker)."""
     if not tags:
         return {}
     element = func.coalesce(workers.c.array_index, -1)
-    live = func.max(case((workers.c.state.in_(LIVE_WORKER_STATES), 1), else_=0))
+    held = or_(workers.c.state.in_(LIVE_WORKER_STATES), workers.c.ended_at > before)
+    live = func.max(case((held, 1), else_=0))
     per_element = (
         select(workers.c.submission, element.label("element"), live.label("live"))
         .where(workers.c.submission.in_(tags))

@@ -19,6 +19,7 @@ from hpcscale.models import (
     WorkerRegistration,
 )
 from hpcscale.statestore import Store, open_store
+from hpcscale.statestore.grants import GONE_GRACE
 from tests.conftest import FakeClock
 
 INSTANCES = {"alpha": "a-1", "bravo": "b-1"}
@@ -81,7 +82,9 @@ def test_no_cap_grants_all_and_a_cap_is_shared_across_managers(store: Store) -> 
     assert ask(store, "alpha", 9, queues=("other",)) == 9  # another queue, uncapped
 
 
-def test_a_grant_turns_into_its_submission_and_ends_with_its_elements(store: Store) -> None:
+def test_a_grant_turns_into_its_submission_and_ends_with_its_elements(
+    store: Store, clock: FakeClock
+) -> None:
     register(store, "alpha")
     register(store, "bravo")
     store.set_queue_cap("q", 4)
@@ -94,7 +97,9 @@ def test_a_grant_turns_into_its_submission_and_ends_with_its_elements(store: Sto
         for i in range(3)
     ]
     store.deregister(workers[0], "max_tasks")
-    assert shares(store) == {"alpha": 2}  # an element whose worker ended is no longer in flight
+    assert shares(store) == {"alpha": 3}  # its job is still listed while it completes
+    clock.advance(GONE_GRACE)
+    assert shares(store) == {"alpha": 2}  # then an element whose worker ended is not in flight
     assert ask(store, "bravo", 5) == 2
     store.update_submission(tag, SubmissionUpdate(state=SubmissionState.ENDED))
     assert shares(store) == {"bravo": 2}
