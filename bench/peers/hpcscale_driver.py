@@ -99,6 +99,48 @@ output_dir = "{root}/task-output"
 """
 
 
+# Untuned (issue 15; the default run): what a new admin writes, as the peers run with their
+# defaults: the partition, the cap, one CPU a worker, a wall time; everything else is
+# hpcscale's defaults (the efficiency rule, no drain target, the 300 s prior, a worker that
+# leaves at its first empty claim, poll 30 s). The server/manager keys are where the run's
+# files go, and `output`/`setup` the same instrumentation as the tuned run's.
+UNTUNED = """
+[server]
+url = "http://127.0.0.1:{port}"
+bind = "127.0.0.1:{port}"
+database = "sqlite:///{root}/state.db"
+token_file = "{root}/token"
+
+[manager]
+name = "{manager}"
+state_dir = "{root}/manager"
+
+[[pools]]
+name = "{pool}"
+queues = ["{queue}"]
+max_workers = {cap}
+
+[pools.slurm]
+partition = "{partition}"
+time = "{walltime}"
+cpus_per_task = 1
+output = "{root}/slurm-%A_%a.out"
+setup = ['echo "{marker} $(date +%s.%N)"']
+
+[pools.worker]
+output_dir = "{root}/task-output"
+"""
+# HPCSCALE_PEERS_CONFIG=tuned runs the tuned pool above instead (labelled so in the table).
+CONFIGS = {"untuned": UNTUNED, "tuned": CONFIG}
+
+
+def config_kind() -> str:
+    kind = os.environ.get("HPCSCALE_PEERS_CONFIG", "untuned")
+    if kind not in CONFIGS:
+        raise SystemExit(f"HPCSCALE_PEERS_CONFIG: {kind!r} is not one of {', '.join(CONFIGS)}")
+    return kind
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -114,7 +156,7 @@ class Serve:
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = root / "config.toml"
         self.config.write_text(
-            CONFIG.format(
+            CONFIGS[config_kind()].format(
                 port=self.port, root=root, manager=MANAGER, pool=POOL, queue=QUEUE,
                 cap=work.cap, partition=work.partition, walltime=work.walltime,
                 marker=SCRIPT_MARKER,

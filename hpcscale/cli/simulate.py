@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from hpcscale.cli.common import load_settings
-from hpcscale.config import PoolConfig, Settings
+from hpcscale.config import ManagerConfig, PoolConfig, Settings
 from hpcscale.errors import ConfigError
+from hpcscale.sim import sweep
 from hpcscale.sim.engine import WAKE_MODES, simulate
 from hpcscale.sim.limits import ControlEvent
-from hpcscale.sim.results import format_text, plot
+from hpcscale.sim.results import SimResult, format_text, plot
 from hpcscale.sim.workloads import (
     DEFAULT_MAX_ARRAY_SIZE,
     SCENARIOS,
@@ -88,12 +89,22 @@ def add_parsers(
         metavar="T:[POOL:]ACTION",
         help="an admin's command at T seconds: pause, resume, drain or max=N (set-max); repeatable",
     )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="simulate every combination of these values of config keys (efficiency, "
+        "worker.max_empty_claims, manager.poll_interval, ...; repeatable): a table, and with "
+        "--plot makespan against worker-seconds; the config's own values are always in it",
+    )
     p.add_argument("--plot", metavar="OUT.png", help="draw backlog and workers over time")
     p.set_defaults(func=cmd_simulate)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """Flags to plain values, one simulation, then the metrics (and the plot, if asked)."""
+    """Flags to plain values, one simulation (or one per point of --sweep's grid), then the
+    metrics (and the plot, if asked)."""
     settings = load_settings(args)
     pools = _pools(settings, args.pool)
     tasks, source, notes = _workload(args, pools)
@@ -104,18 +115,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         sbatch_latency=duration_flag("--sbatch-latency", args.sbatch_latency),
         max_array_size=max(1, args.max_array_size),
     )
-    result = simulate(
-        tasks,
-        pools,
-        manager=settings.manager,
-        cluster=cluster,
-        seed=args.seed,
-        horizon=duration_flag("--horizon", args.horizon),
-        wake=args.wake,
-        source=source,
-        controls=_controls(args.control),
-    )
-    result.notes[:0] = [*notes, f"queue wait {cluster.queue_wait.describe()}"]
+    horizon = duration_flag("--horizon", args.horizon)
+    controls = _controls(args.control)
+
+    def run(sim_pools: list[PoolConfig], manager: ManagerConfig) -> SimResult:
+        result = simulate(
+            tasks, sim_pools, manager=manager, cluster=cluster, seed=args.seed, horizon=horizon,
+            wake=args.wake, source=source, controls=controls,
+        )  # fmt: skip
+        result.notes[:0] = [*notes, f"queue wait {cluster.queue_wait.describe()}"]
+        return result
+
+    if args.sweep:
+        axes = [sweep.Axis.parse(text) for text in args.sweep]
+        points = sweep.sweep(axes, pools, settings.manager, run)
+        if args.plot:
+            sweep.plot(axes, points, args.plot)
+        print(sweep.table(axes, points))
+        return 0
+    result = run(pools, settings.manager)
     if args.plot:
         plot(result, args.plot)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_text(result))

@@ -27,6 +27,7 @@ from hpcscale.policy import decide
 from hpcscale.sim.engine import Simulation, simulate
 from hpcscale.sim.limits import ControlEvent
 from hpcscale.sim.results import SimResult
+from hpcscale.sim.sweep import Axis, sweep
 from hpcscale.sim.workloads import (
     SCENARIOS,
     ClusterModel,
@@ -482,3 +483,41 @@ def test_a_trickle_under_the_hourly_ceiling_is_served_by_held_workers() -> None:
     waits = sorted(result.task_waits)
     assert waits[int(0.9 * len(waits))] < 60.0, "no task waited for the hour to roll"
     assert any(d.hold for _, _, d in result.decisions)
+
+
+# ------------------------------------------------------------------------ simulate --sweep
+
+
+def test_the_sweeps_point_of_the_config_is_plain_simulate() -> None:
+    """Issue 15, acceptance 4: the grid point equal to the current config reproduces plain
+    `simulate` (every figure), and the config's value joins an axis that lacks it."""
+    tasks = scenario_tasks("bursts", seed=42, size=120)
+    pools = [pool(max_workers=8, efficiency=0.9, worker={"max_empty_claims": 1})]
+    sim_cluster = cluster(wait=0.5, latency=2.7)
+
+    def one(sim_pools: list[PoolConfig], manager: ManagerConfig) -> SimResult:
+        return simulate(tasks, sim_pools, manager=manager, cluster=sim_cluster)
+
+    axes = [Axis.parse("efficiency=0.8,0.95"), Axis.parse("manager.poll_interval=10s,30s")]
+    points = sweep(axes, pools, MANAGER, one)
+    assert len(points) == 3 * 2  # 0.9 joined the efficiency axis
+    (mine,) = [p for p in points if p.current]
+    assert mine.values == (0.9, 30.0)
+    assert mine.result.to_dict() == one(pools, MANAGER).to_dict()
+    other = next(p for p in points if p.values == (0.95, 10.0))
+    assert other.result.to_dict() != mine.result.to_dict()
+
+
+def test_sweep_on_the_command_line_prints_a_table_and_a_png(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "sweep.png"
+    argv = ["--scenario", "bursts", "--tasks", "60", "--config", str(EXAMPLE),
+            "--sweep", "worker.max_empty_claims=1,3", "--plot", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert text.count("<- config") == 1 and "makespan s" in text and "worker-s" in text
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["--scenario", "bursts", "--config", str(EXAMPLE), "--sweep", "nokey=1"]) == 2
+    assert main(["--scenario", "bursts", "--config", str(EXAMPLE), "--sweep", "efficiency=2"]) == 2
