@@ -28,6 +28,7 @@ from string import Template
 
 import hpcscale
 from hpcscale.config import PoolConfig, Settings
+from hpcscale.config_checks import shell_safe
 from hpcscale.errors import ConfigError
 from hpcscale.schedulers.base import check_tag, job_name
 from hpcscale.schedulers.local.adapter import launch_argv
@@ -63,12 +64,17 @@ def load_template(name: str) -> Template:
     raise ConfigError([f"job script template {name!r} not found (looked in {searched})"])
 
 
-def directives(pool: PoolConfig, exclude: Sequence[str] = ()) -> list[str]:
+def directives(
+    pool: PoolConfig, exclude: Sequence[str] = (), log_dir: Path | None = None
+) -> list[str]:
     """The sbatch options of a pool, as data (each becomes one `#SBATCH` line); config.py has
     already refused values with whitespace or shell characters. `exclude`: nodes denied claims
     (names a worker reported: only plain node names get through), unless the pool sets its
-    own --exclude."""
+    own --exclude. `log_dir`: where Slurm's own output goes when the pool names no `output`
+    (else sbatch writes slurm-<job>_<index>.out into the manager's working directory)."""
     slurm = pool.slurm
+    if slurm.output is None and log_dir is not None:
+        slurm = slurm.model_copy(update={"output": str(log_dir / "slurm-%A_%a.out")})
     options: list[tuple[str, str | None]] = [
         ("partition", slurm.partition),
         ("account", slurm.account),
@@ -101,6 +107,29 @@ def _absolute(path: str | Path) -> Path:
     return expanded if expanded.is_absolute() else Path.cwd() / expanded
 
 
+def pool_log_dir(settings: Settings, pool: PoolConfig) -> Path:
+    """A pool's own place for what its jobs write: Slurm's output of each element, and (under
+    tasks/) the workers' task outputs unless [pools.worker] output_dir says otherwise. Under
+    [manager] state_dir, which must be on a filesystem the compute nodes see (the default,
+    under $HOME, is on most clusters)."""
+    return _absolute(settings.manager.state_dir) / "logs" / pool.name
+
+
+def _made_log_dir(settings: Settings, pool: PoolConfig) -> Path:
+    """The pool's log directory, made 0700 (Slurm opens the output file; it does not make
+    the directory) and fit for an #SBATCH line."""
+    path = pool_log_dir(settings, pool)
+    try:
+        shell_safe(str(path))
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            [f"manager.state_dir: cannot hold the jobs' logs at {path} ({exc}); "
+             f"set pools.{pool.name}.slurm.output"]
+        ) from exc  # fmt: skip
+    return path
+
+
 def worker_argv(
     pool: PoolConfig, settings: Settings, tag: str, token_file: str | Path
 ) -> list[str]:
@@ -111,13 +140,15 @@ def worker_argv(
     never plans past the end of its job.
     """
     tls_ca = settings.server.tls_ca
-    given = {
+    given: dict[str, object] = {
         "pool": pool.name,
         "token_file": str(_absolute(token_file)),
         "submission": tag,
         "max_time": worker_lifetime(pool.worker.max_time, pool.slurm.wall_seconds),
         "tls_ca": str(_absolute(tls_ca)) if tls_ca else None,
     }
+    if pool.worker.output_dir is None:  # the pool's place, not the job's working directory
+        given["output_dir"] = str(pool_log_dir(settings, pool) / "tasks")
     python = pool.slurm.python or sys.executable
     options = resolve(settings, pool, given)
     return [python, "-m", "hpcscale", "worker", *command_line(options)]
@@ -144,8 +175,11 @@ def render(
             raise ConfigError([f"pools.{pool.name}: paths must not contain a newline"])
     command = " ".join(shlex.quote(a) for a in worker_argv(pool, settings, tag, token_file))
     kind = pool.scheduler
+    log_dir = None
+    if kind != "local" and pool.slurm.output is None:
+        log_dir = _made_log_dir(settings, pool)
     values = {
-        "directives": "\n".join(f"#SBATCH {d}" for d in directives(pool, exclude))
+        "directives": "\n".join(f"#SBATCH {d}" for d in directives(pool, exclude, log_dir))
         if kind != "local"
         else "",
         "pool": pool.name,

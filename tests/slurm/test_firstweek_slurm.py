@@ -142,3 +142,31 @@ def test_dead_tasks_are_retried_once_the_cause_is_fixed(
     assert ran.returncode == 0 and ran.stdout.strip() == f"retried 1: {task}", ran
     shown = wait_for("the retried task to end", lambda: ended(serve, task, tmp_path), timeout=120)
     assert shown["state"] == "succeeded" and shown["attempts"] == 1, shown
+
+
+def test_job_logs_and_task_outputs_go_to_the_pools_place(tmp_path: Path) -> None:
+    """A pool that names no `output` nor `output_dir`: Slurm's slurm-<job>_<index>.out and the
+    task outputs land under [manager] state_dir/logs/<pool>/, not in the manager's working
+    directory, and no empty output file is kept."""
+    require_slurm()
+    root = tmp_path / "serve"
+    server = ServerProcess(
+        root=root, database=f"sqlite:///{root}/state.db", command="serve", manager=unique("fw"),
+        poll_interval="2s", pools=[{"name": "cpu", "max_workers": 1, "max_empty_claims": 1}],
+    )  # fmt: skip
+    server.write_config()
+    text = server.config_path.read_text()
+    kept = [line for line in text.splitlines() if not line.startswith(("output =", "output_dir"))]
+    server.config_path.write_text("\n".join(kept) + "\n")
+    try:
+        server.start()
+        ran = cli(server, "submit", "--wait", "--", "echo", "hello", cwd=tmp_path)
+        assert ran.returncode == 0, ran
+        logs = root / "manager" / "logs" / "cpu"
+        outputs = wait_for("Slurm's output", lambda: list(logs.glob("slurm-*_*.out")), timeout=60)
+        assert outputs and all(p.stat().st_mode & 0o077 == 0 for p in [logs, *outputs])
+        assert [p.name for p in (logs / "tasks").iterdir()] == ["task-1.1.out"]
+        assert "hello" in (logs / "tasks" / "task-1.1.out").read_text()
+    finally:
+        server.stop()
+        subprocess.run(["scancel", "--name", job_name(server)], check=False)

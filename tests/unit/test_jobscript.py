@@ -20,7 +20,7 @@ import hpcscale
 from hpcscale import config, jobscript
 from hpcscale.cli import worker as worker_command
 from hpcscale.errors import ConfigError
-from hpcscale.jobscript import render
+from hpcscale.jobscript import pool_log_dir, render
 from hpcscale.schedulers.base import ElementState, Scheduler
 from hpcscale.schedulers.local.adapter import LocalScheduler
 from hpcscale.schedulers.slurm.adapter import SlurmScheduler
@@ -110,6 +110,7 @@ def test_render_slurm_script_and_argv(tmp_path: Path) -> None:
         "--task-duration-prior": "300",
         "--unreachable-timeout": "600",
         "--queues": "default,big",
+        "--output-dir": str(pool_log_dir(cfg, cfg.pools[0]) / "tasks"),  # the pool's place
     }
     assert job.sbatch_argv == [
         "sbatch",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -85,6 +86,12 @@ def _supervisor_env() -> dict[str, str]:
     return env
 
 
+# A job folder (script, records, the elements' output) whose elements have all ended is removed
+# this long after the job was created: as Slurm forgets ended jobs (MinJobAge), and so a
+# long-lived manager does not fill its state_dir with one folder per worker ever started.
+KEEP_ENDED = 86400.0
+
+
 class LocalScheduler(Scheduler):
     """One pool on this machine; `status` covers every pool of the manager in `state_dir`."""
 
@@ -100,8 +107,10 @@ class LocalScheduler(Scheduler):
         signal_margin: float = 0.0,
         kill_wait: float = 5.0,
         slots: int | None = None,
+        keep_ended: float = KEEP_ENDED,
     ) -> None:
         self.manager = manager
+        self.keep_ended = keep_ended
         self.pool = pool
         self.job_name = job_name(manager, pool)
         self.prefix = manager_prefix(manager)
@@ -268,8 +277,23 @@ class LocalScheduler(Scheduler):
         for job_dir, job in self._jobs():
             if wanted is not None and job.get("tag") not in wanted:
                 continue
-            out.extend(self._element(job_dir, job, i) for i in range(int(job["count"])))
+            elements = [self._element(job_dir, job, i) for i in range(int(job["count"]))]
+            if self._expired(job_dir, elements):
+                shutil.rmtree(job_dir, ignore_errors=True)
+                continue
+            out.extend(elements)
         return sorted(out, key=lambda e: (int(e.job_id), e.array_index))
+
+    def _expired(self, job_dir: Path, elements: list[ElementStatus]) -> bool:
+        """Past the retention rule (KEEP_ENDED): every element ended, and nothing written in
+        the folder (the last element's end record, its output) for that long."""
+        if not all(e.terminal for e in elements):
+            return False
+        try:
+            last = max(p.stat().st_mtime for p in [job_dir, *job_dir.iterdir()])
+        except OSError:
+            return False
+        return time.time() - last >= self.keep_ended
 
     # -- cancel ------------------------------------------------------------------------------
 
