@@ -3,6 +3,7 @@
     python bench/wakeup.py                 # a local pool; a slurm pool too if SLURM_CONF is set
     python bench/wakeup.py --write         # ... and the table written into BENCHMARKS.md
     python bench/wakeup.py --runs 3 --schedulers local
+    python bench/wakeup.py --across-replicas   # two API replicas (scripts/multicluster-lab.sh)
 
 Each run starts the real `python -m hpcscale serve` (the API and the manager loop in one process)
 on a free loopback port with a fresh SQLite database and a one-pool config whose
@@ -359,6 +360,190 @@ def write_section(text: str) -> None:
     bench_report.write_section(SECTION, text)
 
 
+# ---------------------------------------------------------------------- across replicas (issue 17)
+
+SECTION_REPLICAS = "## Wake-up latency across API replicas"
+REPLICA_MANAGER_CONFIG = """
+[server]
+url = "{url}"
+token_file = "{token_file}"
+
+[manager]
+name = "{manager}"
+poll_interval = "30s"
+state_dir = "{root}/manager"
+
+[[pools]]
+name = "{pool}"
+queues = ["{queue}"]
+scheduler = "slurm"
+min_workers = 0
+max_workers = 1
+max_pending = 1
+task_duration_prior = "1s"
+
+[pools.slurm]
+time = "00:05:00"
+output = "{root}/slurm-%A_%a.out"
+
+[pools.worker]
+max_empty_claims = 1
+empty_claim_sleep = "1s"
+output_dir = "{root}/task-output"
+"""
+
+
+@dataclass
+class ReplicaLab:
+    """The multi-cluster lab (scripts/multicluster-lab.sh): two replicas on one PostgreSQL."""
+
+    replica_a: str
+    replica_b: str
+    token_file: str
+    slurm_conf: str  # the cluster the measuring manager submits to (bravo)
+
+    @classmethod
+    def from_env(cls) -> ReplicaLab:
+        env = os.environ
+        names = ("HPCSCALE_TEST_MC_SERVER_A", "HPCSCALE_TEST_MC_SERVER_B")
+        if not all(env.get(n) for n in names):
+            raise RuntimeError("no multi-cluster lab: source $MULTICLUSTER_LAB_DIR/env.sh")
+        return cls(
+            env["HPCSCALE_TEST_MC_SERVER_A"],
+            env["HPCSCALE_TEST_MC_SERVER_B"],
+            env["HPCSCALE_TEST_MC_TOKEN_FILE"],
+            env["HPCSCALE_TEST_MC_SLURM_CONF_BRAVO"],
+        )
+
+    def api(self, url: str) -> httpx.Client:
+        token = Path(self.token_file).read_text().strip()
+        return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+def measure_across(lab: ReplicaLab, root: Path, index: int, tasks: int, timeout: float) -> Sample:
+    """A manager (poll_interval 30 s) long-polls replica B; the burst goes to replica A; the
+    first sbatch of its pool, as in `measure`. Its pool serves a queue of its own, so the lab's
+    managers never see the burst; its elements and tasks are cancelled at the end."""
+    manager = f"xr{os.getpid()}r{index}"
+    queue = f"wake-{manager}"
+    root.mkdir(parents=True)
+    config_path = root / "config.toml"
+    config_path.write_text(
+        REPLICA_MANAGER_CONFIG.format(
+            url=lab.replica_b, token_file=lab.token_file, manager=manager, root=root,
+            pool=POOL, queue=queue,
+        )
+    )  # fmt: skip
+    env = {**os.environ, "SLURM_CONF": lab.slurm_conf}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    with (root / "manager.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hpcscale", "manager", "--config", str(config_path)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=env,
+        )  # fmt: skip
+    ids: list[int] = []
+    with lab.api(lab.replica_a) as api_a, lab.api(lab.replica_b) as api_b:
+        try:
+            first_decision(api_b, process, root, timeout)
+            burst = {"tasks": [{"command": ["true"], "queue": queue} for _ in range(tasks)]}
+            t0 = time.time()
+            reply = api_a.post("/v1/tasks", json=burst)
+            post = time.time() - t0
+            reply.raise_for_status()
+            ids = reply.json()["ids"]
+            first = first_submission(api_a, manager, timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+            name = f"hpcscale.{manager}.{POOL}"
+            subprocess.run(["scancel", "--name", name], env=env, check=False)
+            if ids:
+                api_a.post("/v1/tasks/cancel", json={"ids": ids})
+    confirmed = first["state"] in ("confirmed", "ended")
+    return Sample(
+        to_sbatch=float(first["created_at"]) - t0,
+        to_job_id=float(first["updated_at"]) - t0 if confirmed else None,
+        post=post,
+    )
+
+
+def first_decision(
+    api: httpx.Client, process: subprocess.Popen[bytes], root: Path, timeout: float
+) -> None:
+    """Until the manager has recorded its first (idle) decision: it long-polls from then on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log = (root / "manager.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"the manager exited with {process.returncode}:\n{log}")
+        reply = api.get("/v1/decisions", params={"pool": POOL, "limit": 1})
+        reply.raise_for_status()
+        if reply.json():
+            time.sleep(0.5)  # into its long-poll
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"no manager decision within {timeout:.0f}s")
+
+
+def first_submission(api: httpx.Client, manager: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    first: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        records = submissions(api, manager)
+        if records:
+            first = min(records, key=lambda r: float(r["created_at"]))
+            if first["state"] != "intent":
+                return first
+        time.sleep(0.01)
+    if first is None:
+        raise RuntimeError(f"no submission within {timeout:.0f}s of the burst")
+    return first
+
+
+def report_across(samples: list[Sample], command: str, tasks: int) -> str:
+    lines = [
+        SECTION_REPLICAS,
+        "",
+        "The same measure across two `hpcscale server` replicas on one PostgreSQL "
+        "(scripts/multicluster-lab.sh, issue 17): a `hpcscale manager` with poll_interval = "
+        "30 s and one pool of max_workers = 1 on Slurm cluster bravo long-polls replica B; the "
+        f"burst ({tasks} `true` tasks) goes to replica A. Replica B hears of it through "
+        "PostgreSQL's LISTEN/NOTIFY; without it, B's long-poll would find the tasks only when "
+        "it reads the store again (every 5 s). Each run is a fresh manager and queue.",
+        "",
+        *machine(),
+        f"- Slurm: {slurm_version() or '?'}; PostgreSQL: the lab's (scripts/pg-lab.sh)",
+        f"- command: `{command}`",
+        "",
+        "| path | runs | to sbatch, median | to sbatch, max "
+        "| to job id, median / max | POST /v1/tasks, median | under 1 s |",
+        "|---|---|---|---|---|---|---|",
+        row("burst via replica A, manager on replica B", samples),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main_across(args: argparse.Namespace, command: str) -> int:
+    lab = ReplicaLab.from_env()
+    os.environ.setdefault("SLURM_CONF", lab.slurm_conf)  # for the report's Slurm version
+    samples = []
+    with workdir(args.keep) as base:
+        for index in range(args.runs):
+            root = base / f"replicas-{index}"
+            sample = measure_across(lab, root, index, args.tasks, args.timeout)
+            samples.append(sample)
+            print(f"across replicas run {index + 1:2}/{args.runs}: to sbatch "
+                  f"{sample.to_sbatch * 1000:6.0f} ms", flush=True)  # fmt: skip
+    text = report_across(samples, command, args.tasks)
+    print(text)
+    if args.write:
+        bench_report.write_section(SECTION_REPLICAS, text)
+        print(f"written to {BENCHMARKS}")
+    return 0 if max(s.to_sbatch for s in samples) < TARGET else 1
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -385,7 +570,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="per run, s (60)")
     parser.add_argument("--write", action="store_true", help="write the table to BENCHMARKS.md")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs (logs)")
+    parser.add_argument(
+        "--across-replicas",
+        action="store_true",
+        help="burst via replica A, manager on replica B (the multi-cluster lab's env.sh)",
+    )
     args = parser.parse_args(argv)
+    if args.across_replicas:
+        command = "python bench/wakeup.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+        return main_across(args, command)
     chosen = [s.strip() for s in args.schedulers.split(",") if s.strip()]
     for name in chosen:
         if name not in ("local", "slurm"):

@@ -18,7 +18,8 @@
 # Everything lives under $MULTICLUSTER_LAB_DIR (default /tmp/hpcscale-multicluster-lab). Runs as
 # root (the Slurm labs need it). The managers poll every $MULTICLUSTER_POLL (default 2s) and
 # each pool's local cap is $MULTICLUSTER_MAX_WORKERS (default 5), its target_drain_time 10s (a
-# burst asks for many workers at once); the global cap of queue mc is
+# burst asks for many workers at once), and its workers leave after 3 tasks (they churn, so a
+# share freed by a manager gone is seen within the tests' minutes); the global cap of queue mc is
 # the store's, set with `hpcscale set-cap` (the tests set it).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -111,6 +112,7 @@ time = "00:10:00"
 output = "$DIR/manager-$c/out/slurm-%A_%a.out"
 
 [pools.worker]
+max_tasks = 3
 max_empty_claims = 2
 empty_claim_sleep = "1s"
 heartbeat_interval = "2s"
