@@ -332,19 +332,17 @@ def decide(rules: PoolRules, obs: Observation) -> Decision:
         state = PoolState.BUDGET_EXHAUSTED  # wants workers, none fits; running ones carry on
     submit, state = through_the_breaker(obs, submit, state, reasons)
     cancel = surplus_pending(rules, obs, desired, in_flight, reasons)
-    hold = hold_idle(obs, submit)
+    hold = hold_idle(rules, obs, submit)
     return Decision(desired, submit, cancel, state, tuple(reasons), needed, in_flight, cap, hold)
 
 
-def hold_idle(obs: Observation, submit: int) -> int:
-    """Workers to keep past their empty claims: those the hourly ceiling could not buy back.
-    Workers that leave at their first empty claim cost nothing between bursts, but a trickle of
-    tasks would spend the hour's submissions in minutes, a job a task, then wait for the hour
-    to roll (found with the simulator)."""
-    if obs.submit_allowance is None:
-        return 0
-    alive = obs.all_in_flight + submit
-    return max(0, min(alive, alive - (obs.submit_allowance - submit)))
+def hold_idle(rules: PoolRules, obs: Observation, submit: int) -> int:
+    """Workers to keep past their empty claims: all once half the hourly ceiling is spent. A
+    trickle of tasks under workers that leave at their first empty claim would spend the hour
+    in minutes, a job a task, then wait for it to roll (found with the simulator)."""
+    ceiling, left = rules.max_submit_per_hour, (obs.submit_allowance or 0) - submit
+    held = obs.submit_allowance is not None and 2 * left < (ceiling or obs.submit_allowance or 0)
+    return obs.all_in_flight + submit if held else 0
 
 
 def counted_in_flight(obs: Observation, reasons: list[str]) -> int:

@@ -80,6 +80,16 @@ def _bursts(rng: random.Random, size: int) -> list[SimTask]:
     return [SimTask((i // third) * 120.0, rng.uniform(1.0, 6.0)) for i in range(size)]
 
 
+def _trickle(rng: random.Random, size: int) -> list[SimTask]:
+    """A task about every 20 s, uniform(1, 9) s: a worker idles most of its time."""
+    return [SimTask(i * 20.0 + rng.uniform(0.0, 5.0), rng.uniform(1.0, 9.0)) for i in range(size)]
+
+
+def _few_long(rng: random.Random, size: int) -> list[SimTask]:
+    """A handful of long tasks at once: the prior decides before anything is measured."""
+    return [SimTask(0.0, rng.uniform(300.0, 900.0)) for _ in range(size)]
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -106,6 +116,8 @@ SCENARIOS: dict[str, Scenario] = {
             _bursty_gpu,
         ),
         Scenario("bursts", "3 bursts 120 s apart, uniform(1, 6) s (bench/peers' W)", 600, _bursts),
+        Scenario("trickle", "a task about every 20 s, uniform(1, 9) s", 180, _trickle),
+        Scenario("few-long", "all at t=0, uniform(300, 900) s", 10, _few_long),
     )
 }
 

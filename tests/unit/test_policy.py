@@ -894,16 +894,17 @@ def test_config_efficiency_and_optional_deadline_reach_the_rules() -> None:
     [
         ("no ceiling", {"registered": 3}, 0),
         ("plenty left", {"registered": 3, "submit_allowance": 20}, 0),
-        ("none left: keep them all", {"registered": 3, "submit_allowance": 0}, 3),
-        ("one left: keep all but one", {"registered": 3, "submit_allowance": 1}, 2),
+        ("half spent: keep them all", {"registered": 3, "submit_allowance": 15}, 3),
+        ("none left", {"registered": 3, "submit_allowance": 0}, 3),
         # the decision's own submission spends the allowance and is held too
-        ("the last one submitted now", {"submit_allowance": 1}, 1),
+        ("the one submitted now", {"submit_allowance": 1}, 1),
+        ("submitted with plenty left", {"submit_allowance": 30}, 0),
     ],
 )
-def test_hold_idle_keeps_what_the_hourly_ceiling_could_not_buy_back(
+def test_hold_idle_keeps_workers_once_half_the_hourly_ceiling_is_spent(
     case: str, seen: dict[str, Any], hold: int
 ) -> None:
     """A trickle under workers that leave at their first empty claim would spend the hour's
     submissions in minutes and then wait for the hour to roll: the store keeps them instead."""
-    decision = decide(untuned(), obs(1, 3.5, **seen))
+    decision = decide(untuned(max_submit_per_hour=32), obs(1, 3.5, **seen))
     assert decision.hold == hold, (case, reasons(decision))
