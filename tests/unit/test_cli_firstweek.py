@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,3 +108,14 @@ def test_cancel_by_queue_and_retry_by_state(server: LiveServer, tmp_path: Path) 
     assert {server.store.get_task(i).state.value for i in ids} == {"waiting"}
     ran = hpcscale("retry", "--config", config, str(other[0]), token=admin)
     assert ran.code == 1 and "not retried" in ran.out  # it had not ended
+
+
+def test_the_client_leaves_httpxs_command_line_out() -> None:
+    """httpx imports its CLI (rich, pygments, click) when they are installed: ~100 modules and
+    ~6 MB in every serve, manager and worker (bench/footprint.py)."""
+    probe = (
+        "import sys, hpcscale.client\n"
+        "print(sorted({'rich', 'click', 'pygments'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
