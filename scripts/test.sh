@@ -14,6 +14,9 @@
 #                            it through the accounting_slurm fixture)
 #   SLURM_LAB_DIR-soak, PG_LAB_DIR-soak   the chaos soak's own: it restarts slurmctld and
 #                            PostgreSQL, which would break the tests running beside it
+#   SLURM_LAB_DIR-multi      scripts/multicluster-lab.sh: two Slurm clusters, a PostgreSQL, two
+#                            API replicas behind haproxy, a manager per cluster (issue 17); only
+#                            its HPCSCALE_TEST_MC_* names are taken from its env.sh
 #
 # pytest runs with HPCSCALE_TEST_WORKERS xdist workers (default 4 on any core count: most Slurm
 # tests wait on the clock, not the CPU) and --dist loadgroup, so tests marked with one
@@ -34,6 +37,7 @@ export SLURM_LAB_DIR="${SLURM_LAB_DIR:-/tmp/hpcscale-slurm-lab-$$}"
 ACCT_LAB_DIR="$SLURM_LAB_DIR-acct"
 SOAK_LAB_DIR="$SLURM_LAB_DIR-soak"
 SOAK_PG_DIR="$PG_LAB_DIR-soak"
+MC_LAB_DIR="$SLURM_LAB_DIR-multi"
 LOGS="$(mktemp -d "${TMPDIR:-/tmp}/hpcscale-test-logs.XXXXXX")"
 IS_ROOT=0
 [ "$(id -u)" = 0 ] && IS_ROOT=1
@@ -43,7 +47,7 @@ step() { printf '\n== %s\n' "$*" >&2; }
 # Each lab as NAME and the command that starts or stops it (run with `up` or `down`).
 lab_names() {
     echo pg pg-soak
-    [ "$IS_ROOT" = 1 ] && echo slurm slurm-acct slurm-soak
+    [ "$IS_ROOT" = 1 ] && echo slurm slurm-acct slurm-soak multicluster
     return 0
 }
 lab() {
@@ -54,6 +58,7 @@ lab() {
         slurm) scripts/slurm-lab.sh "$action" ;;
         slurm-acct) SLURM_LAB_ACCOUNTING=1 SLURM_LAB_DIR="$ACCT_LAB_DIR" scripts/slurm-lab.sh "$action" ;;
         slurm-soak) SLURM_LAB_DIR="$SOAK_LAB_DIR" scripts/slurm-lab.sh "$action" ;;
+        multicluster) PYTHON="$VENV/bin/python" MULTICLUSTER_LAB_DIR="$MC_LAB_DIR" scripts/multicluster-lab.sh "$action" ;;
     esac
 }
 
@@ -62,7 +67,7 @@ packages_present() {
     local pkg
     [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || return 1
     [ "$IS_ROOT" = 1 ] || return 0
-    for pkg in slurmctld slurmd slurm-client munge slurmdbd mariadb-server eatmydata; do
+    for pkg in slurmctld slurmd slurm-client munge slurmdbd mariadb-server eatmydata haproxy; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || return 1
     done
 }
@@ -117,6 +122,7 @@ if [ "$IS_ROOT" = 1 ]; then
     [ -n "${HPCSCALE_TEST_SLURM_ACCOUNTING_CONF:-}" ] || { echo "no accounting conf in $ACCT_LAB_DIR/env.sh" >&2; exit 1; }
     HPCSCALE_TEST_SOAK_SLURM_CONF="$(. "$SOAK_LAB_DIR/env.sh" && echo "$SLURM_CONF")"
     export HPCSCALE_TEST_SOAK_SLURM_CONF HPCSCALE_TEST_SOAK_SLURM_LAB_DIR="$SOAK_LAB_DIR"
+    eval "$(grep '^export HPCSCALE_TEST_MC_' "$MC_LAB_DIR/env.sh")"  # the multi-cluster lab's names
 else
     echo "not root: no Slurm labs; Slurm tests will skip (or fail with HPCSCALE_NO_SKIP=1)" >&2
 fi
