@@ -8,8 +8,11 @@ rewrite happens where the test runs, so it holds in xdist's workers too (scripts
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -60,17 +63,37 @@ class FakeClock:
         self.now += seconds
 
 
-def _pg_database() -> Iterator[str]:
+@contextlib.contextmanager
+def _pg_cluster_lock(exclusive: bool) -> Iterator[None]:
+    """A lock on the PostgreSQL lab, per URL, in the temp dir: tests marked `pg_exclusive` take it
+    alone, every other test on the lab shares it. Under xdist other workers' transactions hold
+    back the cluster-wide snapshot xmin, which some tests must see undisturbed (the worker
+    feed's "nothing comes again", for one)."""
+    key = hashlib.sha256((PG_URL or "").encode()).hexdigest()[:16]
+    with (Path(tempfile.gettempdir()) / f"hpcscale-pg-tests-{key}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _pg_database(exclusive: bool = False) -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""
     if not PG_URL:
         pytest.skip("PostgreSQL not available: run scripts/pg-lab.sh up (HPCSCALE_TEST_PG_URL)")
+    with _pg_cluster_lock(exclusive):
+        yield from _pg_fresh_database(PG_URL)
+
+
+def _pg_fresh_database(url: str) -> Iterator[str]:
     import psycopg
 
     name = "t_" + uuid.uuid4().hex[:12]
-    admin_url = PG_URL.replace("postgresql://", "postgresql://", 1)
+    admin_url = url.replace("postgresql://", "postgresql://", 1)
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_URL.rsplit("/", 1)[0]
+    base = url.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
     finally:
@@ -84,7 +107,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/state.db"
     else:
-        yield from _pg_database()
+        alone = request.node.get_closest_marker("pg_exclusive") is not None
+        yield from _pg_database(exclusive=alone)
 
 
 @pytest.fixture

@@ -37,6 +37,10 @@ import pytest
 from tests.conftest import free_port
 from tests.slurm_fixtures import fake_command
 
+# The module fixture `outcomes` runs every collected case at once; under xdist every worker
+# collects all of them, so the module's tests stay on one worker (else each worker redoes them).
+pytestmark = pytest.mark.xdist_group("config-broken")
+
 HEAD = """{top}
 [server]
 url = "http://127.0.0.1:{port}"
