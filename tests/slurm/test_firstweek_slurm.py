@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tests.services import ServerProcess
 from tests.slurm_fixtures import require_slurm, unique, wait_for
 
@@ -170,3 +172,74 @@ def test_job_logs_and_task_outputs_go_to_the_pools_place(tmp_path: Path) -> None
     finally:
         server.stop()
         subprocess.run(["scancel", "--name", job_name(server)], check=False)
+
+
+REPO = Path(__file__).resolve().parents[2]
+EDITOR = r"""#!/usr/bin/env python3
+# What an admin edits in the copied example, for the lab: its partition, a free port, no
+# account/QOS/memory of a real site, short jobs, a manager name of this test's own.
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+text = re.sub(r'(?m)^url = .*$', 'url = "http://127.0.0.1:{port}"', text)
+text = re.sub(r'(?m)^bind = .*$', 'bind = "127.0.0.1:{port}"', text)
+text = re.sub(r'(?m)^name = "uni-hpc".*$', 'name = "{manager}"', text)
+text = re.sub(r'(?m)^poll_interval = .*$', 'poll_interval = "2s"', text)
+text = re.sub(r'(?m)^partition = .*$', 'partition = "debug"', text)
+text = re.sub(r'(?m)^(account|qos|mem) = .*\n', '', text)
+text = re.sub(r'(?m)^setup = .*$', 'setup = []', text)
+text = re.sub(r'(?m)^time = .*$', 'time = "00:05:00"', text)
+open(path, "w").write(text)
+"""
+
+
+def readme_block() -> list[str]:
+    """The commands of README.md's "Using it on a cluster" block, comments taken off."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Using it on a cluster") :]
+    start = section.index("```bash\n") + len("```bash\n")
+    block = section[start : section.index("\n```", start)]
+    return [re.sub(r"\s+#\s.*$", "", line) for line in block.splitlines() if line.strip()]
+
+
+def as_script(lines: list[str], home: Path, clone_from: str) -> str:
+    """Each line as typed, stopping at the first that fails (one that puts itself in the
+    background is checked by what follows it). The lab's differences from a site: the clone
+    comes from this checkout, and root must say --allow-root."""
+    out = ["set -u", f"export HOME={home}", f"cd {home}"]
+    for number, line in enumerate(lines, start=1):
+        line = line.replace("/path/to/hpcscale.git", clone_from)
+        if os.geteuid() == 0:
+            line = line.replace("hpcscale serve ", "hpcscale serve --allow-root ")
+        if line.rstrip().endswith("&"):
+            out += [line, f"echo $! > {home}/serve.pid"]
+        else:
+            out.append(f"{line} || {{ echo 'README line {number} failed' >&2; exit 1; }}")
+    out.append("wait")  # serve's end, after `kill %1`
+    return "\n".join(out) + "\n"
+
+
+def test_the_readme_cluster_section_line_by_line(tmp_path: Path) -> None:
+    """README's "Using it on a cluster", every line in order, on a fresh clone of this
+    repository and a fresh venv, against the lab Slurm; `$EDITOR` puts in the lab's values."""
+    require_slurm()
+    home, manager = tmp_path / "home", unique("fw")
+    home.mkdir()
+    editor = tmp_path / "editor.py"
+    editor.write_text(EDITOR.replace("{port}", str(free_port())).replace("{manager}", manager))
+    editor.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HPCSCALE_", "VIRTUAL_ENV"))}
+    env["EDITOR"] = str(editor)
+    script = as_script(readme_block(), home, str(REPO))
+    try:
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env,
+                              timeout=600)  # fmt: skip
+        assert done.returncode == 0, f"{done.stderr}\n{done.stdout}\n{readme_block()}"
+        assert "README line" not in done.stderr
+        logs = home / ".local/share/hpcscale/manager/logs/cpu"
+        assert list(logs.glob("slurm-*_*.out")), "the pool's place holds Slurm's output"
+        pid = int((home / "serve.pid").read_text())
+        assert not Path(f"/proc/{pid}").exists(), "serve stopped on `kill %1`"
+    finally:
+        subprocess.run(["scancel", "--name", f"hpcscale.{manager}.cpu"], check=False)
+        subprocess.run(["scancel", "--name", f"hpcscale.{manager}.bigmem"], check=False)
