@@ -82,6 +82,12 @@ def add_parsers(
     p.add_argument(
         "--horizon", default="30d", help="stop simulating this long after the first task (30d)"
     )
+    _what_if_flags(p)
+    p.set_defaults(func=cmd_simulate)
+
+
+def _what_if_flags(p: argparse.ArgumentParser) -> None:
+    """An admin's commands during the run, a grid of settings, the plot (issue 15)."""
     p.add_argument(
         "--control",
         action="append",
@@ -99,7 +105,6 @@ def add_parsers(
         "--plot makespan against worker-seconds; the config's own values are always in it",
     )
     p.add_argument("--plot", metavar="OUT.png", help="draw backlog and workers over time")
-    p.set_defaults(func=cmd_simulate)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
