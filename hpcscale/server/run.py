@@ -6,6 +6,7 @@ Also what only a started server needs: the first admin token, and uvicorn on [se
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,33 @@ def run_server(settings: Settings, *, with_manager: bool = False) -> None:
         token_path,
         " with the manager loops" if with_manager else "",
     )
+    # uvicorn raises a captured SIGTERM again once it has shut down: with the default handler
+    # that killed the process before the lines below ran (the manager not joined, the store not
+    # closed, local workers left to PID 1). Handled, it only lets server.run() return.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: stop.set())
     try:
         server.run()
     finally:
         stop.set()
         if with_manager:
             thread.join(timeout=30)
+            stop_local_workers(settings)
         store.close()
+
+
+def stop_local_workers(settings: Settings) -> None:
+    """The local pools' workers are this machine's processes: they end with `serve` (Slurm's
+    jobs run on and end themselves)."""
+    from hpcscale.schedulers import make_scheduler
+    from hpcscale.schedulers.local.adapter import LocalScheduler
+
+    state_dir = Path(settings.manager.state_dir).expanduser()
+    local = [p for p in settings.pools if p.scheduler == "local"]
+    scheduler = make_scheduler(local[0], settings.manager.name, state_dir) if local else None
+    if isinstance(scheduler, LocalScheduler):  # one status covers every local pool
+        stopped = scheduler.stop_all()
+        if stopped:
+            log.info("stopped %d local worker(s): %s", len(stopped), " ".join(stopped))
 
 
 def ensure_admin_token(store: Store, token_file: str) -> Path:

@@ -124,3 +124,40 @@ def test_no_empty_output_files_are_kept(serve: ServerProcess, tmp_path: Path) ->
     wait_for("the task to end", lambda: finished(serve, task, tmp_path), timeout=60)
     kept = sorted(p.name for p in (serve.root / "task-output").glob(f"task-{task}.*"))
     assert kept == [f"task-{task}.1.out"]
+
+
+def processes_under(root: Path) -> list[str]:
+    """Processes whose command line names `root` (the local pool's supervisors and workers)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = status.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(root) in argv and "hpcscale serve" not in argv and " serve " not in argv:
+            found.append(f"{status.parent.name}: {argv}")
+    return found
+
+
+def test_stopping_serve_leaves_no_local_worker_behind(tmp_path: Path) -> None:
+    root = tmp_path / "serve"
+    server = ServerProcess(
+        root=root, database=f"sqlite:///{root}/state.db", command="serve", poll_interval="1s",
+        pools=[{"name": "loc", "scheduler": "local", "max_workers": 2, "min_workers": 1}],
+    )  # fmt: skip
+    server.start()
+    try:
+        ran = cli(server, "submit", "--json", "--", "sleep", "120", cwd=tmp_path)
+        task = json.loads(ran.stdout)["ids"][0]
+
+        def running() -> bool:
+            shown = json.loads(
+                cli(server, "tasks", "show", str(task), "--json", cwd=tmp_path).stdout
+            )
+            return shown["state"] == "running"
+
+        wait_for("the task to run", running, timeout=60)
+        assert any("supervisor" in p for p in processes_under(root))
+    finally:
+        server.stop()
+    wait_for("no local worker or supervisor left", lambda: not processes_under(root), timeout=30)

@@ -284,6 +284,15 @@ class LocalScheduler(Scheduler):
             out.extend(elements)
         return sorted(out, key=lambda e: (int(e.job_id), e.array_index))
 
+    def stop_all(self) -> list[str]:
+        """Cancel every element of this manager still pending or running here (its supervisors
+        SIGTERM their workers, which release what they hold): a `serve` that stops takes its
+        local workers along instead of leaving them to PID 1. The ids it cancelled."""
+        live = [e.element_id for e in self.status() if not e.terminal]
+        if live:
+            self.cancel(live)
+        return live
+
     def _expired(self, job_dir: Path, elements: list[ElementStatus]) -> bool:
         """Past the retention rule (KEEP_ENDED): every element ended, and nothing written in
         the folder (the last element's end record, its output) for that long."""
