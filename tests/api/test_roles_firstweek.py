@@ -92,3 +92,14 @@ def test_pool_controls_are_for_admins_only(server: ServerProcess) -> None:
 def test_token_create_offers_the_reader_role(server: ServerProcess) -> None:
     assert token(server, Role.READER)
     assert (Path(server.root) / "reader.token").stat().st_mode & 0o077 == 0
+
+
+def test_status_and_why_work_with_a_reader_token(server: ServerProcess) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCSCALE_")}
+    env["HPCSCALE_TOKEN"] = token(server, Role.READER)
+    for argv in (["status"], ["why", "cpu"], ["tasks"], ["hosts"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "hpcscale", *argv, "--config", str(server.config_path)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, (argv, done.stderr)
