@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -64,7 +64,7 @@ def test_the_reader_reads_and_changes_nothing(server: ServerProcess) -> None:
         assert reader.get_task(task).queue == "alpha"
         assert [t.id for t in reader.list_tasks(queue="alpha")] == [task]
         reader.pools(), reader.list_workers(), reader.events(), reader.hosts()
-        refused = {
+        refused: dict[str, Callable[[], object]] = {
             "submit": lambda: reader.submit([TaskSpec(command=["true"], queue="alpha")]),
             "cancel": lambda: reader.cancel([task]),
             "retry": lambda: reader.retry([task]),

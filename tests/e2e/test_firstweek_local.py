@@ -154,7 +154,7 @@ def test_stopping_serve_leaves_no_local_worker_behind(tmp_path: Path) -> None:
             shown = json.loads(
                 cli(server, "tasks", "show", str(task), "--json", cwd=tmp_path).stdout
             )
-            return shown["state"] == "running"
+            return bool(shown["state"] == "running")
 
         wait_for("the task to run", running, timeout=60)
         assert any("supervisor" in p for p in processes_under(root))
