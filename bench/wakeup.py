@@ -407,7 +407,7 @@ class ReplicaLab:
         env = os.environ
         names = ("HPCSCALE_TEST_MC_SERVER_A", "HPCSCALE_TEST_MC_SERVER_B")
         if not all(env.get(n) for n in names):
-            raise RuntimeError("no multi-cluster lab: source $MULTICLUSTER_LAB_DIR/env.sh")
+            raise RuntimeError("no multi-cluster lab: source /tmp/hpcscale-multicluster-lab/env.sh")
         return cls(
             env["HPCSCALE_TEST_MC_SERVER_A"],
             env["HPCSCALE_TEST_MC_SERVER_B"],
@@ -578,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.across_replicas:
         command = "python bench/wakeup.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-        return main_across(args, command)
+        lab = "scripts/multicluster-lab.sh up && source /tmp/hpcscale-multicluster-lab/env.sh && "
+        return main_across(args, lab + command)
     chosen = [s.strip() for s in args.schedulers.split(",") if s.strip()]
     for name in chosen:
         if name not in ("local", "slurm"):
