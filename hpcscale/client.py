@@ -16,6 +16,9 @@ import ssl
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from hpcscale import lean_imports  # noqa: F401 - first: httpx without its CLI
+
+# isort: split
 import httpx
 from pydantic import BaseModel, TypeAdapter
 from tenacity import (

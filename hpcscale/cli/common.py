@@ -26,6 +26,9 @@ def load_settings(args: argparse.Namespace) -> config.Settings:
 def make_client(args: argparse.Namespace, settings: config.Settings | None = None) -> Client:
     """A client that fails at once when nothing listens at [server] url (a person is waiting:
     no 16 s of retries to learn the server is down), and retries a busy server briefly."""
+    from hpcscale import lean_imports  # noqa: F401 - first: httpx without its CLI
+
+    # isort: split
     import httpx  # only for commands that talk
 
     from hpcscale.client import Client
