@@ -130,7 +130,7 @@ def test_results_for_exit_codes_timeouts_and_bad_commands(
     with server_client(live_server) as admin:
         ok, bad, missing, slow = admin.submit([
             TaskSpec(command=["sh", "-c", "echo hello; echo warn >&2"]),
-            TaskSpec(command=["sh", "-c", "exit 3"], max_attempts=2),
+            TaskSpec(command=["sh", "-c", "echo failing; exit 3"], max_attempts=2),
             TaskSpec(command=["/no/such/program"]),
             TaskSpec(command=["sleep", "30"], timeout=1.0, max_attempts=1),
         ]).ids  # fmt: skip
@@ -145,6 +145,7 @@ def test_results_for_exit_codes_timeouts_and_bad_commands(
     assert done[slow].state == TaskState.DEAD and "timeout after 1s" in (done[slow].reason or "")
     outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert f"task-{bad}.1.out" in outputs and f"task-{bad}.2.out" in outputs  # one per attempt
+    assert f"task-{bad}.1.err" not in outputs  # an empty one is not kept (issue 16)
 
 
 def test_a_lost_lease_stops_the_run(live_server: LiveServer, tmp_path: Path) -> None:
