@@ -606,9 +606,9 @@ def verdict(results: dict[str, Metrics], work: Workload) -> str:
     parts = []
     if "parsl" in results:
         bound = results["parsl"].makespan * MAKESPAN_SLACK
-        parts.append(f"makespan {m.makespan:.1f} s vs ≤ {bound:.1f} s (Parsl's + 1%): "
+        parts.append(f"makespan {m.makespan:.2f} s vs ≤ {bound:.2f} s (Parsl's + 1%): "
                      + ("met" if m.makespan <= bound else
-                        f"**missed by {m.makespan - bound:.1f} s**"))  # fmt: skip
+                        f"**missed by {m.makespan - bound:.2f} s**"))  # fmt: skip
     if "dask" in results:
         bound = results["dask"].worker_s
         parts.append(f"worker-s {m.worker_s:,.0f} vs ≤ {bound:,.0f} (dask-jobqueue's): "
