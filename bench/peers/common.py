@@ -72,6 +72,28 @@ def workload(quick: bool = False, seed: int = SEED) -> Workload:
     return Workload("W-quick" if quick else "W", seed, CAP, WALLTIME, PARTITION, bursts)
 
 
+# Issue 15's other workloads, to stress what W does not (same cap, wall time and partition):
+# a trickle (a task every 10 s for 5 minutes: workers idle most of the time) and a few long
+# tasks at once (the prior decides before anything is measured).
+TRICKLE_EVERY, TRICKLE_TASKS = 10.0, 30
+LONG_TASKS, LONG_LOW, LONG_HIGH = 10, 60.0, 180.0
+
+
+def other_workload(name: str, seed: int = SEED) -> Workload:
+    """`trickle` or `long` (each its own seeded draws)."""
+    rng = random.Random(seed)
+    if name == "trickle":
+        bursts = [Burst(i * TRICKLE_EVERY, [round(rng.uniform(LOW, HIGH), 3)])
+                  for i in range(TRICKLE_TASKS)]  # fmt: skip
+    elif name == "long":
+        bursts = [
+            Burst(0.0, [round(rng.uniform(LONG_LOW, LONG_HIGH), 3) for _ in range(LONG_TASKS)])
+        ]
+    else:
+        raise ValueError(f"no workload {name!r}")
+    return Workload(name, seed, CAP, WALLTIME, PARTITION, bursts)
+
+
 def ideal_makespan(work: Workload) -> float:
     """The makespan with `cap` workers always ready and zero overhead: list scheduling of each
     burst in submission order (what every system here does), bursts starting at their time."""

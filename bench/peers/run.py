@@ -53,7 +53,13 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 if str(ROOT) not in sys.path:  # `python bench/peers/run.py` from the source tree
     sys.path.insert(0, str(ROOT))
 
-from bench.peers.common import DriverResult, Workload, ideal_makespan, workload  # noqa: E402
+from bench.peers.common import (  # noqa: E402
+    DriverResult,
+    Workload,
+    ideal_makespan,
+    other_workload,
+    workload,
+)
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ROOT / "BENCHMARKS.md"
@@ -632,9 +638,11 @@ def report(
     lines = [
         SECTION,
         "",
-        f"Issue 7's workload {work.name}: {len(work.bursts)} bursts of {len(first.durations)} "
+        f"Workload {work.name}: {len(work.bursts)} bursts of {len(first.durations)} "
         f"tasks at t = {', '.join(f'{b.at:g}' for b in work.bursts)} s, each sleeping "
-        f"uniform(1, 6) s (seed {work.seed}: {work.busy:,.1f} s of work in all); one worker = "
+        f"{min(d for b in work.bursts for d in b.durations):.1f}-"
+        f"{max(d for b in work.bursts for d in b.durations):.1f} s (seed {work.seed}: "
+        f"{work.busy:,.1f} s of work in all); one worker = "
         f"one 1-CPU Slurm job; at most {work.cap} at once; wall time {work.walltime} for every "
         f"system. The lowest makespan {work.cap} always-ready workers could reach is "
         f"{ideal_makespan(work):.1f} s. The three systems ran one after the other on the same "
@@ -795,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset "
                         "of hpcscale,parsl,dask (default: all three)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="bursts of 20 tasks at 0/30/60 s")
+    parser.add_argument("--workload", choices=("W", "trickle", "long"), default="W",
+                        help="W (default), or one of issue 15's others (common.py)")  # fmt: skip
     parser.add_argument("--write", action="store_true", help="the table into BENCHMARKS.md")
     parser.add_argument("--lab", type=Path, default=LAB, help=f"the lab's directory ({LAB})")
     parser.add_argument("--keep-lab", action="store_true", help="leave the lab up at the end")
@@ -816,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         parser.error("the Slurm lab needs root")
     command = "python bench/peers/run.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    work = workload(quick=args.quick)
+    work = workload(quick=args.quick) if args.workload == "W" else other_workload(args.workload)
     run_dir = args.work / f"run-{dt.datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True)
     work_file = run_dir / "workload.json"
@@ -861,7 +871,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no system ran: {failures}")
         return 1
     results = {name: metrics(run, work) for name, run in runs.items()}
-    picture = HERE / ("side-by-side-quick.png" if args.quick else "side-by-side.png")
+    picture = HERE / (
+        "side-by-side-quick.png" if args.quick else
+        "side-by-side.png" if work.name == "W" else f"side-by-side-{work.name}.png"
+    )  # fmt: skip
     plot(runs, results, work, picture)
     text = report(runs, results, work, command.strip(), picture, versions, failures)
     (run_dir / "report.md").write_text(text)
