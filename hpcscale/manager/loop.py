@@ -197,8 +197,8 @@ class ComputeManager:
         intent = SubmissionIntent(tag=tag, manager=self.name, pool=pool.name, count=count)
         site = self.sites[pool.name]
         made = submit_array(self.client, self.schedulers[pool.name], job, intent, self.starts, site)
-        if site.refusal is not None:
-            self.preflight.soon(pool.name)  # the test says when the refusal has passed
+        if made is None:  # refused or uncertain: the test says whether it was for good
+            self.preflight.soon(pool.name)
         return made
 
     # ------------------------------------------------------------------ the cycle

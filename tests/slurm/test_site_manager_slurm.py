@@ -147,6 +147,23 @@ def test_a_submit_limit_caps_the_pool_and_a_raise_grows_it(serve: ServerProcess)
     assert_healthy(serve)
 
 
+def test_the_users_other_jobs_count_against_the_limit(serve: ServerProcess) -> None:
+    """Acceptance 2: MaxSubmitJobsPerUser=4 with 3 jobs of another name already queued by the
+    same user: the pool stays at 1 element, and all its tasks succeed through it."""
+    set_qos(MaxSubmitJobsPerUser=4)
+    for _ in range(3):
+        slurm("sbatch", "--job-name=site-other", "--output=/dev/null", "--wrap", "sleep 300")
+    start(serve)
+    with Sampler(serve.manager) as sampler:
+        ids = submit(serve, 10, ["sleep", "1"])
+        wait_for("all 10 tasks done", lambda: done(serve, ids), 120)
+    text = why(serve)
+    print(f"\n[a2] 10/10 done; max of ours in squeue {max(sampler.samples)} (3 other jobs)")
+    assert max(sampler.samples) == 1, sampler.samples
+    assert_healthy(serve)
+    assert "with 3 of" in text or "with 4 of" in text, text
+
+
 def test_a_drained_partition_holds_the_pool_and_up_resumes_it(serve: ServerProcess) -> None:
     """Acceptance 3: partition DRAIN (sbatch refused) then UP: no failed start nor breaker,
     `why` names the refusal, the first sbatch within two poll intervals of UP; DOWN (sbatch
