@@ -147,7 +147,9 @@ def test_new_jobs_exclude_a_denied_node(tmp_path: Path) -> None:
         root=tmp_path, database=f"sqlite:///{tmp_path}/state.db", command="serve",
         manager=unique("h"), poll_interval="1s",
         pools=[{"name": "cpu", "max_workers": 1, "prior": "1s", "max_empty_claims": 1,
-                "empty_claim_sleep": "0.5s"}],
+                "empty_claim_sleep": "0.5s"},
+               # serve takes tasks only for a queue a pool serves; this one never starts a worker
+               {"name": "off", "queue": "elsewhere", "max_workers": 0}],
     )  # fmt: skip
     serve.write_config()
     serve.start()
