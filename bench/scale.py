@@ -69,6 +69,8 @@ from hpcscale.models import (
     CycleView,
     DecisionRecord,
     Event,
+    GrantReply,
+    GrantRequest,
     ManagerInfo,
     ManagerRegistration,
     ObserveRequest,
@@ -527,6 +529,9 @@ class StoreClient:
 
     def register_manager(self, name: str, registration: ManagerRegistration) -> ManagerInfo:
         return self.t.run("register_manager", self.store.register_manager, name, registration)
+
+    def grant(self, ask: GrantRequest) -> GrantReply:
+        return self.t.run("grant", self.store.grant, ask)
 
     def managers(self) -> list[ManagerInfo]:
         return self.t.run("list_managers", self.store.list_managers)

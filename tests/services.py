@@ -30,6 +30,7 @@ target_drain_time = "{drain}"
 {pool_extra}
 [pools.slurm]
 partition = "{partition}"
+cpus_per_task = {cpus_per_task}
 time = "{time}"
 signal_margin = "{signal_margin}"
 output = "{output}"
@@ -110,6 +111,7 @@ state_dir = "{self.root}/manager"
 """
         for pool in self.pools:
             values = {**POOL_DEFAULTS, **pool}
+            values.setdefault("cpus_per_task", values["slots"])  # a CPU a slot (check-config)
             values.setdefault("output", f"{self.root}/slurm-%A_%a.out")
             values.setdefault("task_output", f"{self.root}/task-output")
             text += POOL_TOML.format(**values)

@@ -383,8 +383,9 @@ class Soak:
                 self._wind_down()
                 sampler.stop.set()
                 watcher.stop.set()
-                sampler.join(timeout=15)
-                watcher.join(timeout=15)
+                for thread in (sampler, watcher):
+                    if thread.ident is not None:  # not started when the services failed to start
+                        thread.join(timeout=15)
             result.faults = self.faults
             result.cap_breaches = len(sampler.breaches)
             result.max_in_flight = sampler.max_seen
