@@ -190,7 +190,9 @@ def test_a_manager_killed_frees_its_share_and_its_restart_submits_nothing_twice(
     its workers leave (max_tasks), bravo takes the backlog up to the cap within two poll
     intervals; never beyond; alpha restarted submits nothing twice."""
     with Sampler(fresh) as sampler:
-        ids = submit(fresh, 60, 2, cap=4)
+        # 120 tasks: enough left when alpha's workers have gone that bravo wants the whole cap
+        # (with 60, 4 workers had nearly drained it by then and bravo rightly asked for fewer).
+        ids = submit(fresh, 120, 2, cap=4)
         wait_for("alpha at work", lambda: fresh.jobs("alpha"), 60, every=0.1)
         fresh.run("stop", "manager-alpha", "KILL")
         wait_for("alpha's elements gone", lambda: fresh.jobs("alpha") == [], 90, every=0.1)
