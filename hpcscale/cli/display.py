@@ -256,12 +256,23 @@ def status_text(data: dict[str, Any]) -> str:
             "",
             "POOLS",
             pools_table(pools) if pools else "  no pool has registered yet",
+            *held_text(pools),
             "",
             "WORKERS",
             workers_table(workers) if workers else "  none live",
             *hosts_text(data.get("hosts", [])),
         ]
     )
+
+
+def held_text(pools: Sequence[dict[str, Any]]) -> list[str]:
+    """Each pool's waiting tasks wider than its workers, from its last decision (issue 16)."""
+    lines = []
+    for entry in pools:
+        held = entry["last"].data.get("held") if entry["last"] else None
+        held = held if isinstance(held, list) else []
+        lines += [f"  pool {entry['pool'].name}: {h}" for h in held if isinstance(h, str)]
+    return ["", "HELD", *lines] if lines else []
 
 
 def hosts_table(hosts: Sequence[HostInfo]) -> str:

@@ -252,6 +252,7 @@ class ComputeManager:
                 history_since=max(0.0, now - self.settings.manager.breaker_window),
                 submitted_since=max(0.0, now - CEILING_WINDOW),
                 max_tasks=pool.worker.max_tasks,
+                slots=pool.worker.slots,  # the store leaves wider tasks out (issue 16)
             )
             for pool in self.settings.pools
         ]
@@ -299,8 +300,9 @@ class ComputeManager:
     ) -> Measured:
         """The pool's view of its elements, acted on at once where it found ends and failed
         starts, then the safety inputs: pre-flight, breaker and alarm, budgets."""
-        claimable = self.request_claimable(pool, cycle.backlog)
-        est = task_duration(pool, cycle.backlog, cycle.queue_stats)
+        backlog = Measured.runnable(cycle.backlog, observed)  # what the pool's workers can run
+        claimable = self.request_claimable(pool, backlog)
+        est = task_duration(pool, backlog, cycle.queue_stats)
         workers = self.mirror.workers_of(pool.name)
         submissions = self.mirror.open_submissions(pool.name)
         view = self.check_managed_compute_services(

@@ -36,6 +36,12 @@ class Measured:
     tail: float | None = None
 
     @staticmethod
+    def runnable(backlog: Sequence[Backlog], observed: PoolObservation) -> Sequence[Backlog]:
+        """The claimable work the pool sizes on: the store's for the pool when it answered
+        with it (the tasks its workers can run), else every queue's (an older server)."""
+        return backlog if observed.claimable is None else observed.claimable
+
+    @staticmethod
     def tail_of(
         pool: PoolConfig, stats_of: Sequence[QueueStats], workers: Sequence[Worker]
     ) -> float | None:
@@ -75,6 +81,23 @@ def observation(
         site_allowance=measured.site[0],
         site_limit=measured.site[1],
     )
+
+
+def held_notes(pool: PoolConfig, observed: PoolObservation) -> list[str]:
+    """For `why`: the waiting tasks the pool sizes on none of, being wider than its workers."""
+    out = []
+    for h in observed.held or []:
+        need = (
+            f"{h.fewest_slots}"
+            if h.fewest_slots == h.most_slots
+            else f"{h.fewest_slots}-{h.most_slots}"
+        )
+        tasks = "1 task" if h.count == 1 else f"{h.count} tasks"
+        out.append(
+            f"{tasks} in queue {h.queue} need{'s' if h.count == 1 else ''} {need} slots; this "
+            f"pool's workers have {pool.worker.slots} — nothing submitted for them"
+        )
+    return out
 
 
 def claimable_in(pool: PoolConfig, backlog: Sequence[Backlog]) -> Backlog:

@@ -17,7 +17,7 @@ from hpcscale import estimate
 from hpcscale.client import Client
 from hpcscale.config import PoolConfig
 from hpcscale.errors import HpcscaleError
-from hpcscale.manager.observation import Measured
+from hpcscale.manager.observation import Measured, held_notes
 from hpcscale.manager.site import SiteWatch
 from hpcscale.manager.waits import notes, pending_reasons
 from hpcscale.models import DecisionRecord
@@ -88,13 +88,15 @@ def decision_extra(
     own notes for `why` (issue 14: the site's refusal, the long-pending ones it cancelled)."""
     view = measured.view
     waiting = pending_reasons(view.pending)
+    held = held_notes(pool, measured.observed)
     burning = len(view.starting) + len(view.registered)  # elements running now
     return {
         "queue_wait": estimate.queue_wait(measured.observed.history.queue_waits),
         "cap": decision.cap,
         "site": site.report(),
         "pending_reasons": waiting,
-        "notes": notes(waiting, site.refusal, cancelled),
+        "notes": [*notes(waiting, site.refusal, cancelled), *held],
+        "held": held,  # the tasks wider than the pool's workers (issue 16)
         "submitted_last_hour": measured.observed.submitted,
         "max_submit_per_hour": pool.submit_ceiling,
         "alarm": measured.health.alarm,

@@ -144,6 +144,12 @@ class PoolQuestion(_Wire):
     max_tasks: int = Field(
         default=0, ge=0, le=MAX_INT32, description="list the live workers that started this many"
     )
+    slots: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="the pool's worker slots: its claimable work leaves out wider tasks (issue 16)",
+    )
 
 
 MAX_OBSERVED_QUEUES = 1024  # distinct queues of one observe: a range of ix_tasks_ended each
@@ -169,11 +175,33 @@ class ObserveRequest(_Wire):
         return pools
 
 
+class HeldTasks(_Wire):
+    """Waiting tasks of one queue wider than a pool's workers: the pool sizes on none of them."""
+
+    queue: str
+    count: int
+    fewest_slots: int = Field(description="the narrowest of them")
+    most_slots: int = Field(description="the widest of them")
+
+
 class PoolObservation(_Wire):
+    """`claimable` and `held` only when the questions gave the pools' slots: an older manager,
+    which does not, gets a reply without them (UNASKED)."""
+
     pool: str
     history: PoolHistory
     submitted: int = Field(description="workers asked since submitted_since, refused ones not")
     spent: list[str] = Field(description="live workers that started max_tasks tasks")
+    claimable: list[Backlog] | None = Field(
+        default=None, description="the pool's queues' claimable tasks its workers can run"
+    )
+    held: list[HeldTasks] | None = Field(
+        default=None, description="per queue, the waiting tasks wider than the pool's workers"
+    )
+
+
+# What a reply leaves out when no question gave slots: an older manager refuses unknown fields.
+UNASKED = {"per_pool": {"__all__": {"claimable", "held"}}}
 
 
 class CycleView(_Wire):

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, func, literal, select, text
 
 from hpcscale.models import (
+    Backlog,
     CycleView,
+    HeldTasks,
     ObserveRequest,
     PoolHistory,
     PoolObservation,
@@ -31,6 +33,16 @@ from hpcscale.statestore.tasks import Tasks
 from hpcscale.statestore.workers import WORKER_COLUMNS, Workers, live_workers, rows_to_workers
 
 ALL = 2**31 - 1  # a manager's first read: every open submission, however many
+# A queue's waiting tasks wider than a pool's workers; the literals are the partial indexes'.
+WIDE = text(
+    "SELECT count(*) AS n, coalesce(sum(slots), 0) AS slots, min(slots) AS fewest, "
+    "max(slots) AS most FROM tasks "
+    "WHERE state = 'waiting' AND slots > 1 AND queue = :q AND slots > :w"
+)
+OLDEST_FITTING = text(
+    "SELECT submitted_at FROM tasks WHERE state = 'waiting' AND queue = :q AND slots <= :w "
+    "ORDER BY submitted_at LIMIT 1"
+)
 
 
 class Observe(Tasks, Workers, ManagerRecords):
@@ -49,13 +61,14 @@ class Observe(Tasks, Workers, ManagerRecords):
             else:
                 changed = self._changed_workers(conn, [p.pool for p in ask.pools], ask.cursor)
                 subs = self._changed_submissions(conn, manager, ask.cursor)
+            backlog = self.claimable()
             return CycleView(
-                backlog=self.claimable(),
+                backlog=backlog,
                 denied_hosts=[h.host for h in self.list_hosts() if h.denied],
                 submissions=subs,
                 pools=self.list_pools(),
                 queue_stats=self.queues_stats(queues),
-                per_pool=self._pool_observations(conn, ask.pools),
+                per_pool=self._pool_observations(conn, ask.pools, backlog),
                 workers=changed,
                 cursor=cursor,
                 feed=feed,
@@ -156,7 +169,7 @@ class Observe(Tasks, Workers, ManagerRecords):
         return [s for s in map(submission_of, conn.execute(query)) if s.manager == manager]
 
     def _pool_observations(
-        self, conn: Connection, asks: Sequence[PoolQuestion]
+        self, conn: Connection, asks: Sequence[PoolQuestion], backlog: Sequence[Backlog]
     ) -> list[PoolObservation]:
         """Per pool: its history, workers asked this hour, workers at max_tasks; a statement
         each for all the pools (UNION ALL), not one a pool."""
@@ -188,7 +201,43 @@ class Observe(Tasks, Workers, ManagerRecords):
             spent[r.pool].append(r.id)
         return [
             PoolObservation(
-                pool=a.pool, history=history, submitted=submitted[a.pool], spent=spent[a.pool]
+                pool=a.pool,
+                history=history,
+                submitted=submitted[a.pool],
+                spent=spent[a.pool],
+                **self._runnable(conn, a, backlog),
             )
             for a, history in zip(asks, histories, strict=True)
         ]
+
+    def _runnable(
+        self, conn: Connection, ask: PoolQuestion, backlog: Sequence[Backlog]
+    ) -> dict[str, object]:
+        """The pool's queues' claimable work without the tasks wider than its workers (`held`),
+        when the question gives their slots. A queue's tasks wider than S slots add more than S
+        to its slots beyond its count, so a queue whose excess is less costs no statement (every
+        task one slot: the usual case); otherwise a range of ix_tasks_waiting_wide, and the
+        oldest task that fits down ix_tasks_waiting_age."""
+        if ask.slots is None:
+            return {}
+        width, claimable, held = ask.slots, [], []
+        for b in (b for b in backlog if b.queue in ask.queues):
+            wide = (
+                None
+                if b.slots - b.count < width
+                else conn.execute(WIDE, {"q": b.queue, "w": width}).one()
+            )
+            if wide is None or not wide.n:
+                claimable.append(b)
+                continue
+            held.append(
+                HeldTasks(
+                    queue=b.queue, count=wide.n, fewest_slots=wide.fewest, most_slots=wide.most
+                )
+            )
+            if wide.n < b.count:
+                oldest = conn.execute(OLDEST_FITTING, {"q": b.queue, "w": width}).scalar()
+                age = b.oldest_age if oldest is None else max(0.0, self.clock() - float(oldest))
+                left = {"count": b.count - wide.n, "slots": b.slots - int(wide.slots)}
+                claimable.append(Backlog(queue=b.queue, oldest_age=age, **left))
+        return {"claimable": claimable, "held": held}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, Index, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.schema import CreateIndex
 
@@ -22,9 +22,21 @@ from hpcscale.statestore.schema import (
     install_revs,
     meta,
     metadata,
+    tasks,
 )
 
 log = logging.getLogger("hpcscale.statestore")
+# The waiting tasks wider than one slot, per queue and width: what a pool whose workers are
+# narrower leaves out of its claimable work (issue 16, statestore/observe.py), a range of this
+# small index. Made on every open when missing, without a version: an older release that opens
+# the database just does not use it (here, not in schema.py: it is this open's step).
+ix_tasks_waiting_wide = Index(
+    "ix_tasks_waiting_wide",
+    tasks.c.queue,
+    tasks.c.slots,
+    sqlite_where=text("state = 'waiting' AND slots > 1"),
+    postgresql_where=text("state = 'waiting' AND slots > 1"),
+)
 MIN_POSTGRES = 130000  # pg_current_xact_id() (the revs), as server_version_num
 
 
@@ -43,6 +55,7 @@ def create_or_check(conn: Connection, is_sqlite: bool) -> None:
     if not is_sqlite:  # before anything is written: PL/pgSQL checks calls late
         check_postgres(int(conn.exec_driver_sql("SHOW server_version_num").scalar_one()))
     metadata.create_all(conn, checkfirst=True)
+    conn.execute(CreateIndex(ix_tasks_waiting_wide, if_not_exists=True))  # no version: additive
     row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
     fold_counters(conn)
     if row is None:

@@ -30,6 +30,7 @@ from hpcscale.models import (
     WorkerGone,
     WorkerId,
 )
+from hpcscale.models.manager import UNASKED
 from hpcscale.server.dependencies import AnyReader, Context, Manager, Monitor, StoreDep
 from hpcscale.server.errors import AUTH_ERRORS, error
 
@@ -76,7 +77,8 @@ def observe(name: QueueName, body: ObserveRequest, _who: Manager, store: StoreDe
     """Everything a manager's cycle reads, from one snapshot of the store, its workers as a
     change feed (statestore/observe.py). Serialized once, as /v1/workers."""
     view = store.observe(name, body)
-    return Response(view.model_dump_json(), media_type="application/json")
+    unasked = UNASKED if all(p.slots is None for p in body.pools) else None
+    return Response(view.model_dump_json(exclude=unasked), media_type="application/json")
 
 
 @router.get("/v1/managers", responses=AUTH_ERRORS)
