@@ -84,3 +84,16 @@ def idle_overhead(ended: Sequence[tuple[float, float, int, int]], duration: floa
         return None
     idle = [(end - start) - done * duration / max(1, slots) for start, end, done, slots in newest]
     return max(0.0, sum(idle) / len(idle))
+
+
+def startup_overhead(registered: Sequence[tuple[float, float]]) -> float | None:
+    """A worker's paid start-up: the mean over the newest workers that registered, given as
+    (job started at, registered at), of the seconds between (the job script's first line,
+    else Slurm's start time, to the store's registration: interpreter, setup, imports). With
+    idle_overhead, which counts from the registration on, it makes a worker's whole paid time
+    less its tasks. None until a worker registered with its job's start (older workers send
+    none); never below 0 (clocks of two hosts)."""
+    newest = sorted(registered, key=lambda w: w[1], reverse=True)[:RECENT_WORKERS]
+    if not newest:
+        return None
+    return max(0.0, sum(at - began for began, at in newest) / len(newest))

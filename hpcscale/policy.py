@@ -29,10 +29,10 @@ from typing import Any
 from hpcscale.models import BreakerState, Control
 
 STARTUP_SECONDS = 10.0
-# The priors of a worker's overhead, until the manager has measured its pool's ended workers:
+# The priors of a worker's overhead, until the manager has measured its pool's workers:
 # job start -> first claim (interpreter, imports, registration: 2.7 s mean on the lab Slurm,
-# BENCHMARKS.md "Side by side"), and the idle tail after its last task (the worker's empty
-# claims: PoolRules.tail_prior, from its config).
+# BENCHMARKS.md "Side by side"; measured from registrations, estimate.startup_overhead), and
+# the idle tail after its last task (the worker's empty claims: PoolRules.tail_prior).
 STARTUP_PRIOR = 3.0
 EFFICIENCY = 0.9
 
@@ -125,9 +125,9 @@ class Observation:
     # the user's other jobs) and the limit that binds; None: no limit known.
     site_allowance: int | None = None
     site_limit: str | None = None
-    # A worker's measured overhead in seconds (the manager's, from its pool's ended workers;
-    # None: not measured yet, the rules' priors stand): job start -> first claim, and the idle
-    # tail from its last result to its end.
+    # A worker's measured overhead in seconds (the manager's, from its pool's workers; None:
+    # not measured yet, the rules' priors stand): job start -> registration (the newest
+    # registered workers), and the idle rest of its paid time (the newest ended workers).
     startup: float | None = None
     tail: float | None = None
 
@@ -245,10 +245,10 @@ def by_cost(rules: PoolRules, obs: Observation, work: float) -> tuple[int, str]:
     overhead = max(0.1, startup + tail)
     efficiency = min(1.0, max(1e-3, rules.efficiency))
     count = math.floor(work * (1 - efficiency) / (efficiency * rules.slots * overhead) + 1e-9)
-    measured = "measured" if obs.startup is not None or obs.tail is not None else "prior"
+    source = ["prior" if seen is None else "measured" for seen in (obs.startup, obs.tail)]
     return count, (
-        f"overhead {startup:.3g}s start-up + {tail:.3g}s tail ({measured}) a worker;"
-        f" efficiency {efficiency:g} allows {count}"
+        f"overhead {startup:.3g}s start-up ({source[0]}) + {tail:.3g}s tail ({source[1]})"
+        f" a worker; efficiency {efficiency:g} allows {count}"
     )
 
 

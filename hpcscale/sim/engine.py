@@ -168,6 +168,8 @@ class _Pool:
         self.override: int | None = None  # `hpcscale set-max`
         # (registered at, ended at, tasks done, slots) of ended workers: the measured tail
         self.ended: deque[tuple[float, float, int, int]] = deque(maxlen=estimate.RECENT_WORKERS)
+        # (job started at, registered at) of the newest registered workers: the start-up
+        self.registrations: deque[tuple[float, float]] = deque(maxlen=estimate.RECENT_WORKERS)
         self.result = PoolResult(cfg.name, cfg.max_workers, cfg.max_pending, slots=cfg.worker.slots)
 
     def backlog(self) -> int:
@@ -426,6 +428,7 @@ class Simulation:
             leaving_soon=leaving,
             breaker=self._breaker(pool),
             tail=estimate.idle_overhead(pool.ended, self._mean_duration(pool)),
+            startup=estimate.startup_overhead(pool.registrations),
             control=pool.control,
             max_workers_override=pool.override,
             window=active_window(pool.windows, self.now) if pool.windows else None,
@@ -607,6 +610,7 @@ class Simulation:
             started=self.now, deadline=None if math.isinf(deadline) else deadline
         )
         pool.queue_waits.appendleft(self.now - element.submitted)
+        pool.registrations.append((element.started, self.now))
         pool.last_registration = self.now
         if pool.result.first_worker_at is None:
             pool.result.first_worker_at = self.now

@@ -138,3 +138,15 @@ def test_idle_overhead_reads_the_newest_workers_only() -> None:
     old = [(float(t), t + 100.0, 0, 1) for t in range(estimate.RECENT_WORKERS)]
     new = [(1e6 + t, 1e6 + t + 1.0, 0, 1) for t in range(estimate.RECENT_WORKERS)]
     assert estimate.idle_overhead(old + new, 1.0) == pytest.approx(1.0)
+
+
+def test_startup_overhead_is_job_start_to_registration_over_the_newest_workers() -> None:
+    """(job started at, registered at): the mean of the differences, the newest registrations
+    only; None before any (the prior stands); never below 0 (two hosts' clocks)."""
+    assert estimate.startup_overhead([]) is None
+    assert estimate.startup_overhead([(100.0, 102.5)]) == pytest.approx(2.5)
+    assert estimate.startup_overhead([(100.0, 102.5), (200.0, 203.5)]) == pytest.approx(3.0)
+    old = [(float(t), t + 60.0) for t in range(estimate.RECENT_WORKERS)]  # 60 s each, long ago
+    new = [(1000.0 + t, 1002.0 + t) for t in range(estimate.RECENT_WORKERS)]  # 2 s each
+    assert estimate.startup_overhead(old + new) == pytest.approx(2.0)
+    assert estimate.startup_overhead([(105.0, 100.0)]) == 0.0

@@ -845,9 +845,11 @@ def test_needed_by_efficiency(
 
 def test_the_reason_names_overhead_its_source_and_efficiency() -> None:
     _, why = needed_workers(untuned(), obs(200, 3.5, startup=2.7, tail=0.3))
-    assert "overhead 2.7s start-up + 0.3s tail (measured)" in why[0]
+    assert "overhead 2.7s start-up (measured) + 0.3s tail (measured)" in why[0]
     _, why = needed_workers(untuned(tail_prior=20.0), obs(200, 3.5))
-    assert "(prior)" in why[0] and "20s tail" in why[0]
+    assert "3s start-up (prior) + 20s tail (prior)" in why[0]
+    _, why = needed_workers(untuned(tail_prior=20.0), obs(200, 3.5, startup=2.5))
+    assert "2.5s start-up (measured) + 20s tail (prior)" in why[0]
 
 
 @settings(max_examples=300, deadline=None)

@@ -445,6 +445,18 @@ def test_the_measured_tail_reaches_the_rule() -> None:
     )
 
 
+def test_the_measured_start_up_reaches_the_rule() -> None:
+    """The simulator measures a worker's start-up as the manager does (estimate.startup_overhead
+    of job start -> registration): the prior until a worker registered, then the cluster's
+    start latency, named as measured in the reasons."""
+    tasks = [SimTask(i * 30.0, 5.0) for i in range(8)]
+    result = run(tasks, pool(max_workers=2), cluster=cluster(latency=7.0), record=True)
+    startups = [o.startup for _, o, _ in result.decisions]
+    assert startups[0] is None and startups[-1] == pytest.approx(7.0)
+    sized = [d.reasons for _, o, d in result.decisions if o.startup and o.claimable]
+    assert sized and "7s start-up (measured)" in " ".join(sized[0])
+
+
 def test_text_has_units_and_names_the_keys_it_cannot_model(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
