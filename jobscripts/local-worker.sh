@@ -5,6 +5,7 @@
 # SLURM_ARRAY_TASK_ID-like variables, SIGUSR1 ${margin}s before the time limit and SIGTERM at it.
 # The token is read from the file named on the worker's command line, never passed here.
 
+export HPCSCALE_JOB_STARTED=$$EPOCHREALTIME  # the worker measures its start-up from here
 # --- setup from [pools.slurm].setup ---
 ${setup}
 # --- the worker ---

@@ -8,6 +8,7 @@ ${directives}
 # Slurm sends SIGUSR1 to this shell ${margin}s before the wall time; `exec` below makes the
 # worker this shell, so the worker hears it and drains.
 
+export HPCSCALE_JOB_STARTED=$$EPOCHREALTIME  # the worker measures its start-up from here
 # --- setup from [pools.slurm].setup ---
 ${setup}
 # --- the worker ---

@@ -325,8 +325,9 @@ class ComputeManager:
         )  # fmt: skip
         tail = Measured.tail_of(pool, cycle.queue_stats, workers)  # the sizing rule's
         return Measured(
-            observed, view, claimable, est, health, blocked, budgets, site.allowance(), tail
-        )
+            observed, view, claimable, est, health, blocked, budgets, site.allowance(), tail,
+            Measured.startup_of(workers),
+        )  # fmt: skip
 
     def _note_budget_exhausted(
         self, pool: PoolConfig, decision: Decision, budgets: tuple[Budget, ...]

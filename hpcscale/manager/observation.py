@@ -34,6 +34,8 @@ class Measured:
     # A worker's measured idle seconds beyond its start-up (estimate.idle_overhead; None: not
     # measured yet): the sizing rule's tail.
     tail: float | None = None
+    # A worker's measured start-up, job start to registration (estimate.startup_overhead).
+    startup: float | None = None
 
     @staticmethod
     def runnable(backlog: Sequence[Backlog], observed: PoolObservation) -> Sequence[Backlog]:
@@ -51,6 +53,13 @@ class Measured:
         mean = estimate.mean_duration(recent, pool.task_duration_prior)
         ended = [(w.started_at, w.ended_at, w.tasks_done, w.slots) for w in workers if w.ended_at]
         return estimate.idle_overhead(ended, mean)
+
+    @staticmethod
+    def startup_of(workers: Sequence[Worker]) -> float | None:
+        """The measured start-up (estimate.startup_overhead) of the pool's newest workers
+        that registered with their job's start, live or ended."""
+        known = [(w.job_started_at, w.started_at) for w in workers if w.job_started_at]
+        return estimate.startup_overhead(known)
 
 
 def observation(
@@ -78,6 +87,7 @@ def observation(
         alarm=measured.health.alarm,
         budgets=measured.budgets,
         tail=measured.tail,
+        startup=measured.startup,
         site_allowance=measured.site[0],
         site_limit=measured.site[1],
     )

@@ -27,6 +27,13 @@ class WorkerRegistration(_Wire):
     array_index: int | None = Field(default=None, ge=0, le=MAX_INT32)
     submission: Annotated[str, StringConstraints(max_length=128, pattern=NO_NUL)] | None = None
     expected_end: float | None = None
+    job_age: float | None = Field(
+        default=None,
+        ge=0,
+        le=366 * 86400,
+        description="seconds since the job started, by the node's clock, as the worker registers:"
+        " its paid start-up (the sizing rule measures it); older workers send none",
+    )
 
 
 class WorkerState(StrEnum):
@@ -70,6 +77,9 @@ class Worker(_Wire):
     busy_slots: int
     end_reason: str | None
     ended_at: float | None = None
+    # When its job started (the store's clock: registration less job_age); left out of the
+    # reply when unknown, so a worker of an older release still reads its registration.
+    job_started_at: float | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class HostInfo(_Wire):

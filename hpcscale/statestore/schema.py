@@ -1,12 +1,12 @@
 """The statestore's tables, one definition for SQLite and PostgreSQL.
 
-SCHEMA_VERSION is written into `meta` when the database is created; a release that changes a
-table bumps it and migrates from the stored number (schema_version.py); a new table alone needs
-none. Version 2: `waiting_counts`, kept by triggers on `tasks` (`install_counters`), and the
-indexes the manager's cycle seeks with at 10^6 tasks and 10^4 workers (bench/scale.py,
-BENCHMARKS.md "Scale"). Version 3: `workers.rev` and `submissions.rev`, the change feed the
-manager follows instead of reading every worker and open submission each cycle (`install_revs`).
-Version 4: `queue_caps` and `grants` (grants.py): no older server may serve a cap it ignores.
+SCHEMA_VERSION is written into `meta` when the database is created; a release that changes a table
+bumps it and migrates from the stored number (schema_version.py); a new table alone needs none.
+Version 2: `waiting_counts`, kept by triggers on `tasks` (`install_counters`), and the indexes the
+manager's cycle seeks with at 10^6 tasks and 10^4 workers (BENCHMARKS.md "Scale"). Version 3:
+`workers.rev` and `submissions.rev`, the change feed the manager follows instead of reading every
+worker and open submission each cycle (`install_revs`). Version 4: `queue_caps` and `grants`: no
+older server may serve a cap it ignores. Version 5: `workers.job_started_at`, a worker's start-up.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 4
-
+SCHEMA_VERSION = 5
 metadata = MetaData()
 
 # SQLite only aliases INTEGER PRIMARY KEY to the rowid; BigInteger elsewhere.
@@ -124,6 +123,7 @@ workers = Table(
     Column("busy_slots", Integer, nullable=False, server_default=text("0")),
     Column("end_reason", Text),
     Column("ended_at", Float),
+    Column("job_started_at", Float),  # registered less the worker's job_age (its start-up)
     # When the row last changed in a way the manager follows (registered, a new state): see
     # install_revs. Heartbeats, claims and results leave it alone.
     Column("rev", BigInteger, nullable=False, server_default=text("0")),

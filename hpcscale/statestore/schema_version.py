@@ -94,3 +94,5 @@ def upgrade(conn: Connection, found: int) -> None:
         install_revs(conn)
     # found < 4: `queue_caps` and `grants` are new tables (create_all made them); the bump only
     # keeps a server of version 3, which would ignore the caps, from opening the database.
+    if found < 5:  # a worker's job start (its start-up): unknown for the workers before
+        conn.exec_driver_sql("ALTER TABLE workers ADD COLUMN job_started_at FLOAT")

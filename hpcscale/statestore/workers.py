@@ -32,7 +32,7 @@ from hpcscale.statestore.schema import pools, tasks, workers
 WORKER_COLUMNS = (
     "id", "pool", "queues", "host", "slots", "job_id", "array_index", "submission",
     "started_at", "expected_end", "last_heartbeat", "state", "tasks_done", "busy_slots",
-    "end_reason", "ended_at",
+    "end_reason", "ended_at", "job_started_at",
 )  # fmt: skip
 
 
@@ -82,6 +82,7 @@ class Workers(Leases):
                     state=WorkerState.ACTIVE.value,
                     tasks_done=0,
                     busy_slots=0,
+                    job_started_at=None if reg.job_age is None else now - reg.job_age,
                 )
             )
             detail = f"pool {reg.pool} host {reg.host}" + (

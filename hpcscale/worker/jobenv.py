@@ -26,6 +26,20 @@ def host() -> str:
     return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
+def job_age(now: float) -> float | None:
+    """Seconds since the job started: from $HPCSCALE_JOB_STARTED, which the job script sets on
+    its first line ($EPOCHREALTIME, a decimal comma in some locales), else Slurm's own
+    $SLURM_JOB_START_TIME (23.02 and later; whole seconds), else None."""
+    for name in ("HPCSCALE_JOB_STARTED", "SLURM_JOB_START_TIME"):
+        try:
+            started = float(os.environ.get(name, "").replace(",", "."))
+        except ValueError:
+            continue
+        if 0 < started <= now + 1:
+            return max(0.0, now - started)
+    return None
+
+
 def expected_end() -> float | None:
     """The job's end: $SLURM_JOB_END_TIME, else `squeue -j $SLURM_JOB_ID -o %e`, else None."""
     raw = os.environ.get("SLURM_JOB_END_TIME")

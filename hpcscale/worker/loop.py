@@ -114,6 +114,7 @@ class WorkerLoop:
             array_index=index,
             submission=self.opts.submission,
             expected_end=self.state.deadline,
+            job_age=jobenv.job_age(time.time()),
         )
         self.worker_id = self.client.register(registration).id
         log.info(

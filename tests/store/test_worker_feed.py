@@ -191,8 +191,16 @@ def test_a_change_committed_after_a_later_one_is_not_skipped(store_url: str) -> 
         store.close()
 
 
+def back_to_schema_4(store: Store) -> None:
+    """Drop what schema 5 added: the workers' job start."""
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE workers DROP COLUMN job_started_at")
+        conn.execute(meta.update().where(meta.c.key == "schema_version").values(value="4"))
+
+
 def back_to_schema_2(store: Store) -> None:
     """Drop what schema 3 added: the revs, their indexes and triggers, the max_tasks index."""
+    back_to_schema_4(store)
     dialect = store.engine.dialect.name
     with store.engine.begin() as conn:
         for trigger in schema.REV_TRIGGERS:
