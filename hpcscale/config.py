@@ -27,7 +27,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from hpcscale import config_checks as check
 from hpcscale import config_env
@@ -309,15 +308,24 @@ class PoolConfig(_Strict):
         return self
 
 
-class Settings(BaseSettings):
-    """The whole config file."""
+class Settings(BaseModel):
+    """The whole config file. HPCSCALE_* overrides are merged into the file's data by load()
+    (config_env.py), so this is a plain model: pydantic-settings (which it was, reading none of
+    its sources) put 30 modules more into every serve, manager and worker (issue 16)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="HPCSCALE_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_in_any_case(cls, data: Any) -> Any:
+        """`[Server]` is `[server]` (as under pydantic-settings): the first spelling wins."""
+        if not isinstance(data, dict):
+            return data
+        folded: dict[str, Any] = {}
+        for key, value in data.items():
+            name = key.lower() if isinstance(key, str) and key.lower() in cls.model_fields else key
+            folded.setdefault(name, value)
+        return folded
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     manager: ManagerConfig = Field(default_factory=ManagerConfig)
@@ -342,17 +350,6 @@ class Settings(BaseSettings):
                     f"the pools serve more than {MAX_OBSERVED_QUEUES} distinct queues",
                 )
         return self
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)  # HPCSCALE_* are merged by load() (config_env.py)
 
     def pool(self, name: str) -> PoolConfig:
         for pool in self.pools:
