@@ -12,6 +12,7 @@ every retry) is ServerUnavailable.
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -117,6 +118,20 @@ def _untrusted(exc: BaseException) -> bool:
     return False
 
 
+def _tls(url: str, verify: bool | str) -> ssl.SSLContext | bool:
+    """What httpx checks the server's certificate with; a CA file becomes a context (httpx
+    deprecates verify=<path>). A plain http:// server (serve's own manager on loopback) never
+    uses TLS (no redirects followed, only paths of `url` asked): an empty context that trusts
+    nothing, not the CA bundle httpx loads (~2 MB of every serve and worker; issue 16). Not with
+    an https:// proxy set: that is TLS."""
+    if verify is False:
+        return False
+    proxies = [v.lower() for k, v in os.environ.items() if k.lower().endswith("_proxy")]
+    if url.lower().startswith("http://") and not any(p.startswith("https://") for p in proxies):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and trusts no certificate
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else True
+
+
 class Client(TaskCalls, CapCalls):  # the mixins: client_tasks.py, client_caps.py
     def __init__(
         self,
@@ -136,8 +151,7 @@ class Client(TaskCalls, CapCalls):  # the mixins: client_tasks.py, client_caps.p
             headers=headers,
             timeout=timeout,
             transport=transport,
-            # A CA file becomes a context: httpx deprecates verify=<path>.
-            verify=ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify,
+            verify=_tls(self.url, verify),
         )
 
     def close(self) -> None:
