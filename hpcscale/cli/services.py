@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-from hpcscale import config, config_checks
+from hpcscale import config, config_checks, lean_imports
 from hpcscale.cli.common import load_settings
 from hpcscale.errors import ConfigError, HpcscaleError
 
@@ -51,6 +51,7 @@ def add_parsers(
 def cmd_server(args: argparse.Namespace) -> int:
     os.umask(PRIVATE_UMASK)
     settings = server_settings(args)
+    lean_imports.server_only()
     from hpcscale.server.run import run_server  # after the checks: a bad config answers at once
 
     run_server(settings)
@@ -60,6 +61,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     os.umask(PRIVATE_UMASK)
     settings = server_settings(args)
+    lean_imports.server_only()
     from hpcscale.server.run import run_server  # after the checks: a bad config answers at once
 
     run_server(settings, with_manager=True)
