@@ -72,12 +72,12 @@ Index("ix_tasks_running_expiry", tasks.c.state, tasks.c.lease_expiry)
 Index("ix_tasks_ended", tasks.c.queue, tasks.c.state, tasks.c.ended_at)
 # The oldest waiting task of a queue (claimable's age): one seek. Partial, so it holds only the
 # waiting tasks; queries must say `state = 'waiting'` as a literal for the planners to use it.
-Index(
+# (Its PostgreSQL `where`, the same: schema_version.postgresql_options.)
+ix_tasks_waiting_age = Index(
     "ix_tasks_waiting_age",
     tasks.c.queue,
     tasks.c.submitted_at,
     sqlite_where=tasks.c.state == "waiting",
-    postgresql_where=tasks.c.state == "waiting",
 )
 
 # Waiting tasks per queue, kept by triggers on `tasks` (install_counters): claimable reads these
@@ -162,11 +162,10 @@ events = Table(
     Column("worker_id", String(64)),
     Column("detail", Text),
 )
-# text_pattern_ops on PostgreSQL: a kind prefix (`events --kind-prefix`, the manager's look for
-# failed starts) is then a range of this index whatever the database's collation.
-ix_events_kind = Index(
-    "ix_events_kind", events.c.kind, events.c.id, postgresql_ops={"kind": "text_pattern_ops"}
-)
+# text_pattern_ops on PostgreSQL (schema_version.postgresql_options): a kind prefix (`events
+# --kind-prefix`, the manager's look for failed starts) is then a range of this index whatever
+# the database's collation.
+ix_events_kind = Index("ix_events_kind", events.c.kind, events.c.id)
 Index("ix_events_task", events.c.task_id)
 
 tokens = Table(

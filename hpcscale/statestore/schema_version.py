@@ -20,6 +20,8 @@ from hpcscale.statestore.schema import (
     fold_counters,
     install_counters,
     install_revs,
+    ix_events_kind,
+    ix_tasks_waiting_age,
     meta,
     metadata,
     tasks,
@@ -35,8 +37,7 @@ ix_tasks_waiting_wide = Index(
     tasks.c.queue,
     tasks.c.slots,
     sqlite_where=text("state = 'waiting' AND slots > 1"),
-    postgresql_where=text("state = 'waiting' AND slots > 1"),
-)
+)  # PostgreSQL's `where`, the same: postgresql_options
 MIN_POSTGRES = 130000  # pg_current_xact_id() (the revs), as server_version_num
 
 
@@ -49,11 +50,23 @@ def check_postgres(version_num: int) -> None:
         raise SchemaMismatch(f"PostgreSQL {found} is too old: hpcscale needs 13 or newer")
 
 
+def postgresql_options() -> None:
+    """The PostgreSQL options of the indexes that have some, given when a PostgreSQL store opens,
+    before any DDL: declared with the indexes, they made SQLAlchemy import its PostgreSQL dialect
+    (to check them) into every process, ~2 MB of an SQLite `serve` (issue 16). Idempotent."""
+    ix_tasks_waiting_age.dialect_kwargs["postgresql_where"] = tasks.c.state == "waiting"
+    ix_tasks_waiting_wide.dialect_kwargs["postgresql_where"] = text(
+        "state = 'waiting' AND slots > 1"
+    )
+    ix_events_kind.dialect_kwargs["postgresql_ops"] = {"kind": "text_pattern_ops"}
+
+
 def create_or_check(conn: Connection, is_sqlite: bool) -> None:
     """Create the schema, or upgrade an older one, in the caller's write transaction; refuse a
     database of a newer release."""
     if not is_sqlite:  # before anything is written: PL/pgSQL checks calls late
         check_postgres(int(conn.exec_driver_sql("SHOW server_version_num").scalar_one()))
+        postgresql_options()
     metadata.create_all(conn, checkfirst=True)
     conn.execute(CreateIndex(ix_tasks_waiting_wide, if_not_exists=True))  # no version: additive
     row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
