@@ -119,17 +119,17 @@ def _untrusted(exc: BaseException) -> bool:
 
 
 def _tls(url: str, verify: bool | str) -> ssl.SSLContext | bool:
-    """What httpx checks the server's certificate with; a CA file becomes a context (httpx
-    deprecates verify=<path>). A plain http:// server (serve's own manager on loopback) never
-    uses TLS (no redirects followed, only paths of `url` asked): an empty context that trusts
-    nothing, not the CA bundle httpx loads (~2 MB of every serve and worker; issue 16). Not with
-    an https:// proxy set: that is TLS."""
-    if verify is False:
-        return False
-    proxies = [v.lower() for k, v in os.environ.items() if k.lower().endswith("_proxy")]
-    if url.lower().startswith("http://") and not any(p.startswith("https://") for p in proxies):
+    """What httpx checks the server's certificate with. Plain http:// (serve's own manager)
+    never uses TLS (no redirects, only paths of `url`), unless via an https:// proxy: an empty
+    context that trusts nothing, not the CA bundle httpx loads (~2 MB a process; issue 16)."""
+    if isinstance(verify, str):  # a CA file (httpx deprecates verify=<path>), read as before
+        return ssl.create_default_context(cafile=verify)
+    tls_proxy = any(
+        k.lower().endswith("_proxy") and v[:8].lower() == "https://" for k, v in os.environ.items()
+    )
+    if verify and url.lower().startswith("http://") and not tls_proxy:
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and trusts no certificate
-    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else True
+    return verify
 
 
 class Client(TaskCalls, CapCalls):  # the mixins: client_tasks.py, client_caps.py

@@ -23,6 +23,8 @@ def test_plain_http_loads_no_ca_bundle_and_trusts_nothing(monkeypatch: pytest.Mo
     assert context.get_ca_certs() == []
     assert _tls("https://server:8765", True) is True
     assert _tls("http://127.0.0.1:8765", False) is False
+    with pytest.raises(FileNotFoundError):  # a tls_ca is read as before, whatever the URL
+        _tls("http://127.0.0.1:8765", "/nonexistent/ca.pem")
 
 
 def test_an_https_proxy_keeps_the_ca_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
