@@ -22,12 +22,7 @@ from hpcscale import lean_imports  # noqa: F401 - first: httpx without its CLI
 # isort: split
 import httpx
 from pydantic import BaseModel, TypeAdapter
-from tenacity import (
-    Retrying,
-    retry_if_exception,
-    stop_after_delay,
-    wait_random_exponential,
-)
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from hpcscale.client_caps import CapCalls
 from hpcscale.client_tasks import TaskCalls
@@ -411,8 +406,9 @@ class Client(TaskCalls, CapCalls):  # the mixins: client_tasks.py, client_caps.p
         )
         return _list(Submission, self._request("GET", "/v1/submissions", params=params))
 
-    def worker_gone(self, worker_id: str, reason: str) -> list[int]:
-        raw = self._request("POST", f"/v1/workers/{worker_id}/gone", body=WorkerGone(reason=reason))
+    def worker_gone(self, worker_id: str, reason: str, attempt_used: bool = True) -> list[int]:
+        body = WorkerGone(reason=reason, attempt_used=attempt_used)  # False: the site's doing
+        raw = self._request("POST", f"/v1/workers/{worker_id}/gone", body=body)
         return ReleaseReply.model_validate(raw).released
 
     def record_decisions(self, records: Sequence[DecisionRecord]) -> None:

@@ -178,7 +178,7 @@ def settle_ends(
     so a quick end counts this cycle) and how many failed starts were recorded now."""
     for worker_id in view.gone_workers:
         why = view.gone_why.get(worker_id, "its job ended")
-        released = client.worker_gone(worker_id, why)
+        released = client.worker_gone(worker_id, why, worker_id not in view.attempt_kept)
         log.info("pool %s: worker %s gone (%s); requeued %s", pool.name, worker_id, why, released)
     recorded = sum(
         record_failed_start(client, scheduler, pool.name, e, watch, dry_run)

@@ -64,6 +64,9 @@ class PoolView:
     # (job id, index) of elements the site ended or requeued: their workers' ends are no
     # quick ends, whatever the store recorded
     site_ended: set[tuple[str | None, int | None]] = field(default_factory=set)
+    # workers whose job the site took back (requeued, preempted): their tasks keep the attempt
+    # (a node that failed still costs one: a task may be what took its node down)
+    attempt_kept: set[str] = field(default_factory=set)
     # (tag, change): the submission records to bring in line with what the scheduler shows
     updates: list[tuple[str, SubmissionUpdate]] = field(default_factory=list)
 
@@ -178,6 +181,7 @@ def _pending(
     if worker.state.value in LIVE_WORKER_STATES:
         view.gone_workers.append(worker.id)
         view.gone_why[worker.id] = f"{SITE_ENDED}: requeued ({element.reason or 'pending'})"
+        view.attempt_kept.add(worker.id)
 
 
 def _ended(
@@ -200,6 +204,8 @@ def _ended(
     if worker is not None and worker.state.value in LIVE_WORKER_STATES:
         view.gone_workers.append(worker.id)
         view.gone_why[worker.id] = f"{SITE_ENDED}: {element.state.value}" if by_site else JOB_ENDED
+        if element.state is ElementState.PREEMPTED:
+            view.attempt_kept.add(worker.id)
     if (
         element.state not in NORMAL_END
         and not by_site

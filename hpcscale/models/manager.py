@@ -228,6 +228,9 @@ class CycleView(_Wire):
 
 class WorkerGone(_Wire):
     reason: Text = "job ended"
+    # False when the site took the job back (requeued, preempted): not the task's doing, so
+    # its tasks get their attempt back, as a release gives it.
+    attempt_used: bool = True
 
 
 class WaitReply(_Wire):

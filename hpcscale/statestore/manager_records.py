@@ -203,15 +203,17 @@ class ManagerRecords(StoreBase):
 
     # ------------------------------------------------------------------ workers whose job ended
 
-    def worker_gone(self, worker_id: str, reason: str) -> list[int]:
+    def worker_gone(self, worker_id: str, reason: str, attempt_used: bool = True) -> list[int]:
         """The worker's job ended without it deregistering (killed, node failure, wall time):
-        its tasks go back now, attempt counted (or dead), instead of after the lease TTL."""
+        its tasks go back now, instead of after the lease TTL, attempt counted (or dead) unless
+        the site took the job back (`attempt_used` False: requeue, preemption)."""
         now = self.clock()
         with self._write() as conn:
             row = conn.execute(select(workers.c.state).where(workers.c.id == worker_id)).first()
             if row is None:
                 raise NotFound(f"no worker {worker_id}")
-            moved = self._requeue_held(conn, worker_id, reason, now)
+            moved = self._requeue_held(conn, worker_id, reason, now, attempt_used)
+            dead = {t.id for t in moved if attempt_used and t.attempts >= t.max_attempts}
             if row.state in LIVE_WORKER_STATES:
                 conn.execute(
                     update(workers)
@@ -239,7 +241,7 @@ class ManagerRecords(StoreBase):
                 + [
                     {
                         "ts": now,
-                        "kind": "task.dead" if t.attempts >= t.max_attempts else "task.requeued",
+                        "kind": "task.dead" if t.id in dead else "task.requeued",
                         "task_id": t.id,
                         "worker_id": worker_id,
                         "detail": f"worker lost: {reason}",
@@ -249,8 +251,11 @@ class ManagerRecords(StoreBase):
             )
         return sorted(t.id for t in moved)
 
-    def _requeue_held(self, conn: Connection, worker_id: str, reason: str, now: float) -> list[Any]:
-        """The worker's running tasks back to `waiting` (attempt counted) or `dead`: those moved."""
+    def _requeue_held(
+        self, conn: Connection, worker_id: str, reason: str, now: float, attempt_used: bool
+    ) -> list[Any]:
+        """The worker's running tasks back to `waiting` (attempt counted, or given back) or
+        `dead`: those moved."""
         held = conn.execute(
             select(tasks.c.id, tasks.c.attempts, tasks.c.max_attempts).where(
                 tasks.c.lease_owner == worker_id, tasks.c.state == TaskState.RUNNING.value
@@ -258,7 +263,7 @@ class ManagerRecords(StoreBase):
         ).all()
         moved = []
         for task in held:
-            dead = task.attempts >= task.max_attempts
+            dead = attempt_used and task.attempts >= task.max_attempts
             # Only if the lease is still that worker's: on PostgreSQL the rows above are not
             # locked, and an expiry, a cancel or another claim may have moved the task since.
             changed = conn.execute(
@@ -270,6 +275,7 @@ class ManagerRecords(StoreBase):
                 )
                 .values(
                     state=(TaskState.DEAD if dead else TaskState.WAITING).value,
+                    attempts=tasks.c.attempts - (0 if attempt_used else 1),
                     lease_owner=None,
                     lease_expiry=None,
                     ended_at=now if dead else None,

@@ -216,17 +216,17 @@ def requeue_now(element: str) -> None:
 
 def test_a_requeued_element_with_a_slow_start_is_no_failed_start(serve: ServerProcess) -> None:
     """Acceptance 4: workers that take 10 s to start; a busy element requeued 10 times in a
-    row: it is never cancelled, never a failed start, the tasks all succeed, never above the
-    max. Each requeue costs the task it ran an attempt (the store counts a lost run), so the
-    tasks may have 12: a task hit more than twice is no failure of the manager's. Three
-    elements, so that one is busy while the others start again (10 s each)."""
+    row: it is never cancelled, never a failed start, never above the max, and the tasks all
+    succeed on their default 3 attempts with each requeue's attempt given back (the site took
+    the job, the task did nothing wrong): every task shows 1 attempt. Three elements, so that
+    one is busy while the others start again (10 s each)."""
     # start_grace 20 s: more than a run's start-up, less than the first run's start to the
     # next run's registration (a requeued element that kept its first run's clock failed).
     start(serve, setup="sleep 10", grace="20s", max_workers=3, max_pending=3)
     began = time.monotonic()
     with Sampler(serve.manager) as sampler:
         with serve.admin() as admin:
-            ids = admin.submit([TaskSpec(command=["sleep", "4"], max_attempts=12)] * 12).ids
+            ids = admin.submit([TaskSpec(command=["sleep", "4"])] * 12).ids
         requeued = []
         for _ in range(10):
             busy = wait_for("a busy element", lambda: busy_element(serve), 90, every=0.25)
@@ -236,6 +236,9 @@ def test_a_requeued_element_with_a_slow_start_is_no_failed_start(serve: ServerPr
     print(f"\n[d] 12/12 done in {time.monotonic() - began:.0f}s; requeued {requeued}; max of"
           f" ours in squeue {max(sampler.samples)}")  # fmt: skip
     assert max(sampler.samples) <= 3
+    with serve.admin() as admin:
+        attempts = [admin.get_task(i).attempts for i in ids]
+    assert attempts == [1] * 12, attempts  # a requeue's attempt given back
     log = (serve.root / "server.log").read_text()
     assert "failed to start" not in log
     assert_healthy(serve)
@@ -272,6 +275,8 @@ def test_a_preempted_worker_gives_its_tasks_back_at_once(serve: ServerProcess) -
     wait_for("all 6 tasks done", lambda: done(serve, ids), 300)
     print(f"\n[e] 6/6 done; the preempted tasks back {back:.1f}s after the high job (lease 120s)")
     assert back < 30
+    with serve.admin() as admin:  # preempted: the attempt given back
+        assert [admin.get_task(i).attempts for i in ids] == [1] * 6
     assert_healthy(serve)
 
 

@@ -386,7 +386,8 @@ def test_a_requeued_element_gets_a_fresh_start_grace(
     manager.cycle()
     scheduler.set(element.element_id, ElementState.PENDING, "BeginTime")  # requeued
     decision = manager.cycle().decisions[POOL]
-    assert admin.get_task(task_id).state == TaskState.WAITING  # back at once
+    back = admin.get_task(task_id)
+    assert (back.state, back.attempts) == (TaskState.WAITING, 0)  # at once, its attempt given back
     assert admin.worker(worker_id).state == WorkerState.LOST
     assert (decision.in_flight, decision.submit) == (1, 0)  # the hard max still counts it
     scheduler.set(element.element_id, ElementState.RUNNING)
@@ -400,7 +401,9 @@ def test_a_worker_ended_by_the_site_is_no_failed_start_and_its_task_comes_back(
     world: World, server: LiveServer, tmp_path: Path, end: ElementState
 ) -> None:
     """A worker whose node died or that was preempted, seconds after registering without a
-    task done: its task is back the same cycle and nothing counts as a failed start."""
+    task done: its task is back the same cycle and nothing counts as a failed start. A
+    preemption gives the attempt back; a node failure costs it (the task may have been what
+    took the node down)."""
     _, scheduler, admin = world
     manager = manager_for(world, server, tmp_path, max_workers=1)
     burst(admin, 1)
@@ -411,7 +414,8 @@ def test_a_worker_ended_by_the_site_is_no_failed_start_and_its_task_comes_back(
     manager.cycle()
     scheduler.set(element.element_id, end)
     decision = manager.cycle().decisions[POOL]
-    assert admin.get_task(task_id).state == TaskState.WAITING
+    back = admin.get_task(task_id)
+    assert (back.state, back.attempts) == (TaskState.WAITING, int(end is ElementState.NODE_FAIL))
     assert (admin.worker(worker_id).end_reason or "").startswith("ended by the site")
     manager.cycle()
     assert failed_starts(admin) == []

@@ -128,7 +128,7 @@ def list_submissions(
 def worker_gone(
     worker_id: WorkerId, body: WorkerGone, _who: Manager, store: StoreDep
 ) -> ReleaseReply:
-    return ReleaseReply(released=store.worker_gone(worker_id, body.reason))
+    return ReleaseReply(released=store.worker_gone(worker_id, body.reason, body.attempt_used))
 
 
 @router.get("/v1/pools/{pool}/history", responses=AUTH_ERRORS)
