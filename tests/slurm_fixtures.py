@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -142,6 +143,40 @@ def wait_for(
             return last
         time.sleep(every)
     pytest.fail(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+
+
+def slurm(*argv: str) -> str:
+    """Run a Slurm command; its stdout (a failure raises, with Slurm's stderr)."""
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
+    return result.stdout
+
+
+def set_qos(**limits: int) -> None:
+    """`sacctmgr modify qos normal set ...` on the accounting lab (-1 clears a limit)."""
+    slurm(
+        "sacctmgr", "-i", "modify", "qos", "normal", "set", *(f"{k}={v}" for k, v in limits.items())
+    )
+
+
+def partition(state: str) -> None:
+    """Set the accounting lab's partition's state (up, down, drain, inactive)."""
+    slurm("scontrol", "update", "partitionname=debug", f"state={state}")
+
+
+def cancel_and_wait(*job_names: str, timeout: float = 60.0) -> None:
+    """scancel every job of these names and wait until squeue shows none of them: scancel only
+    asks, and a job still completing counts against the user's submit limit, so the next test on
+    the accounting lab would read it as the user's own (seen in CI: "with 3 of root's jobs")."""
+    for name in job_names:  # scancel takes one name, squeue a list
+        subprocess.run(["scancel", f"--name={name}"], timeout=30, check=False)
+    names = ",".join(job_names)
+
+    def gone() -> bool:
+        argv = ["squeue", "--noheader", f"--name={names}", "--format=%i"]
+        listed = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        return listed.returncode == 0 and not listed.stdout.strip()
+
+    wait_for(f"squeue to show no job named {names}", gone, timeout, every=0.5)
 
 
 def script(body: str, *directives: str) -> str:

@@ -25,26 +25,18 @@ import pytest
 from hpcscale.models import TaskSpec
 from tests.services import ServerProcess
 from tests.slurm.test_manager_slurm import Sampler
-from tests.slurm_fixtures import AccountingLab, unique, wait_for
+from tests.slurm_fixtures import (
+    AccountingLab,
+    cancel_and_wait,
+    partition,
+    set_qos,
+    slurm,
+    unique,
+    wait_for,
+)
 
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("accounting")]
+pytestmark = pytest.mark.slurm
 POOL = "cpu"
-
-
-def slurm(*argv: str) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
-    return result.stdout
-
-
-def set_qos(**limits: int) -> None:
-    """`sacctmgr modify qos normal set ...` (-1 clears a limit)."""
-    slurm(
-        "sacctmgr", "-i", "modify", "qos", "normal", "set", *(f"{k}={v}" for k, v in limits.items())
-    )
-
-
-def partition(state: str) -> None:
-    slurm("scontrol", "update", "partitionname=debug", f"state={state}")
 
 
 @pytest.fixture
@@ -57,8 +49,7 @@ def serve(accounting_slurm: AccountingLab, tmp_path: Path) -> Iterator[ServerPro
         yield proc
     finally:
         proc.stop()
-        subprocess.run(["scancel", "--name", f"hpcscale.{proc.manager}.{POOL}"], check=False)
-        subprocess.run(["scancel", "--name", "site-other"], check=False)
+        cancel_and_wait(f"hpcscale.{proc.manager}.{POOL}", "site-other")
         set_qos(MaxSubmitJobsPerUser=-1, MaxJobsPerUser=-1)
         partition("up")
 

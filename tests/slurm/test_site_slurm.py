@@ -17,7 +17,16 @@ import pytest
 from hpcscale.errors import PermanentSubmitError, SubmitRefused
 from hpcscale.schedulers.base import ElementState
 from hpcscale.schedulers.slurm.adapter import SlurmScheduler
-from tests.slurm_fixtures import AccountingLab, script, unique, wait_for
+from tests.slurm_fixtures import (
+    AccountingLab,
+    cancel_and_wait,
+    partition,
+    script,
+    set_qos,
+    slurm,
+    unique,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slurm
 S = ElementState
@@ -27,22 +36,6 @@ S = ElementState
 def lab(accounting_slurm: AccountingLab) -> str:
     """The accounting lab's slurm.conf (tests/slurm_fixtures.py: its tests run one at a time)."""
     return accounting_slurm.conf
-
-
-def slurm(*argv: str) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
-    return result.stdout
-
-
-def set_qos(**limits: int) -> None:
-    """`sacctmgr modify qos normal set ...` (-1 clears a limit)."""
-    slurm(
-        "sacctmgr", "-i", "modify", "qos", "normal", "set", *(f"{k}={v}" for k, v in limits.items())
-    )
-
-
-def partition(state: str) -> None:
-    slurm("scontrol", "update", "partitionname=debug", f"state={state}")
 
 
 def job(seconds: float = 60) -> str:
@@ -55,8 +48,7 @@ def sched() -> Iterator[SlurmScheduler]:
     try:
         yield scheduler
     finally:
-        subprocess.run(["scancel", f"--name={scheduler.job_name}"], timeout=30, check=False)
-        subprocess.run(["scancel", "--name=other-work"], timeout=30, check=False)
+        cancel_and_wait(scheduler.job_name, "other-work")
 
 
 def test_submit_limit_is_a_refusal_for_now_and_its_allowance(
