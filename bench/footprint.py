@@ -11,7 +11,9 @@ costs (issue 16; goals: serve idle <= 60 MB RSS, --help <= 0.1 s).
 - serve idle: the real `hpcscale serve` on a free loopback port with a fresh SQLite store and
   one local pool (min_workers 0, so no worker runs), measured after /healthz answers and
   `--settle` seconds of idling (the manager's loop has run its cycles): VmRSS of the process
-  from /proc, beside a bare interpreter's.
+  from /proc, beside a bare interpreter's and beside the field's stack alone
+  (bench/footprint_floor_app.py: FastAPI, SQLAlchemy on SQLite, pydantic, prometheus-client,
+  httpx and tenacity under uvicorn, none of hpcscale's code), measured the same way.
 """
 
 from __future__ import annotations
@@ -93,11 +95,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def serve_idle_rss(settle: float) -> float:
-    root = Path(tempfile.mkdtemp(prefix="hpcscale-footprint-"))
-    port = free_port()
-    (root / "config.toml").write_text(CONFIG.format(port=port, root=root))
-    argv = [*command(), "serve", "--allow-root", "--config", str(root / "config.toml")]
+def idle_rss(argv: list[str], port: int, root: Path, settle: float) -> float:
+    """VmRSS of `argv` (a server on `port`) once /healthz answers and `settle` seconds passed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPCSCALE_")}
     with (root / "serve.log").open("wb") as log:
         server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -121,6 +120,22 @@ def serve_idle_rss(settle: float) -> float:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def serve_idle_rss(settle: float) -> float:
+    root = Path(tempfile.mkdtemp(prefix="hpcscale-footprint-"))
+    port = free_port()
+    (root / "config.toml").write_text(CONFIG.format(port=port, root=root))
+    argv = [*command(), "serve", "--allow-root", "--config", str(root / "config.toml")]
+    return idle_rss(argv, port, root, settle)
+
+
+def stack_idle_rss(settle: float) -> float:
+    root = Path(tempfile.mkdtemp(prefix="hpcscale-footprint-floor-"))
+    port = free_port()
+    app = Path(__file__).resolve().parent / "footprint_floor_app.py"
+    argv = [sys.executable, str(app), str(port), f"sqlite:///{root}/floor.db"]
+    return idle_rss(argv, port, root, settle)
+
+
 def bare_rss() -> float:
     bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
     time.sleep(1)
@@ -142,6 +157,8 @@ def table(runs: int, settle: float) -> str:
         ("modules `hpcscale --help` imports", str(modules_of_help()), ""),
         (f"`hpcscale serve` idle RSS (after {settle:g} s)", f"{serve_idle_rss(settle):.1f} MB",
          "≤ 60 MB"),
+        (f"the field's stack alone, idle (after {settle:g} s)", f"{stack_idle_rss(settle):.1f} MB",
+         "the floor for this stack"),
         ("bare interpreter RSS", f"{bare_rss():.1f} MB", "the floor"),
     ]  # fmt: skip
     lines = ["| measure | value | goal |", "|---|---|---|"]
