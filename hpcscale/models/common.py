@@ -50,7 +50,7 @@ class Role(StrEnum):
     MANAGER = "manager"
     WORKER = "worker"
     SUBMITTER = "submitter"
-    READER = "reader"  # reads (tasks, status, /metrics) and changes nothing: monitoring
+    READER = "reader"  # monitoring: /metrics and status, never task contents; changes nothing
 
 
 class _Wire(BaseModel):

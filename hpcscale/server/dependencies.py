@@ -68,6 +68,9 @@ async def _store(request: Request) -> Store:
 
 
 AnyReader = Annotated[TokenInfo, caller(Role.SUBMITTER, Role.MANAGER, Role.READER)]
+# What users run (a task's argv, env, output tail; the event log that quotes them): not the
+# reader's, whose token sits in Prometheus' and dashboards' configs.
+TaskReader = Annotated[TokenInfo, caller(Role.SUBMITTER, Role.MANAGER)]
 # What a manager reads (workers, pools, /metrics): monitoring reads it too, and changes nothing.
 Monitor = Annotated[TokenInfo, caller(Role.MANAGER, Role.READER)]
 Submitter = Annotated[TokenInfo, caller(Role.SUBMITTER)]

@@ -22,9 +22,9 @@ A, M, W, S, R = Role.ADMIN, Role.MANAGER, Role.WORKER, Role.SUBMITTER, Role.READ
 ALLOWED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/metrics"): {A, M, R},
     ("POST", "/v1/tasks"): {A, S},
-    ("GET", "/v1/tasks"): {A, S, M, R},
+    ("GET", "/v1/tasks"): {A, S, M},  # what users run: not the monitoring reader's (issue 16)
     ("GET", "/v1/tasks/count"): {A, S, M, R},
-    ("GET", "/v1/tasks/{task_id}"): {A, S, M, R},
+    ("GET", "/v1/tasks/{task_id}"): {A, S, M},
     ("POST", "/v1/tasks/cancel"): {A, S},
     ("POST", "/v1/tasks/retry"): {A, S},
     ("GET", "/v1/queues"): {A, S, M, R},
@@ -37,7 +37,7 @@ ALLOWED: dict[tuple[str, str], set[Role]] = {
     ("POST", "/v1/workers/{worker_id}/results"): {A, W},
     ("POST", "/v1/workers/{worker_id}/release"): {A, W},
     ("POST", "/v1/workers/{worker_id}/deregister"): {A, W},
-    ("GET", "/v1/events"): {A, S, M, R},
+    ("GET", "/v1/events"): {A, S, M},
     ("GET", "/v1/pools"): {A, M, R},
     ("POST", "/v1/pools/{pool}"): {A},  # controls: admins only (issue 16)
     ("GET", "/v1/wait"): {A, M},

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from hpcscale.models import MAX_INT64, NO_NUL, Event, EventRequest
-from hpcscale.server.dependencies import AnyReader, Manager, StoreDep
+from hpcscale.server.dependencies import Manager, StoreDep, TaskReader
 from hpcscale.server.errors import AUTH_ERRORS
 
 router = APIRouter(tags=["events"])
@@ -13,7 +13,7 @@ router = APIRouter(tags=["events"])
 
 @router.get("/v1/events", responses=AUTH_ERRORS)
 def list_events(
-    _who: AnyReader,
+    _who: TaskReader,
     store: StoreDep,
     kind_prefix: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 50,

@@ -22,7 +22,7 @@ from hpcscale.models import (
     TaskSpec,
     TaskState,
 )
-from hpcscale.server.dependencies import AnyReader, Context, StoreDep, Submitter
+from hpcscale.server.dependencies import AnyReader, Context, StoreDep, Submitter, TaskReader
 from hpcscale.server.errors import AUTH_ERRORS, error
 
 router = APIRouter(tags=["tasks"])
@@ -42,7 +42,7 @@ def submit(body: SubmitRequest, _who: Submitter, context: Context, request: Requ
 
 @router.get("/v1/tasks", responses=AUTH_ERRORS)
 def list_tasks(
-    _who: AnyReader,
+    _who: TaskReader,
     store: StoreDep,
     state: TaskState | None = None,
     queue: QueueName | None = None,
@@ -70,7 +70,7 @@ def count_tasks(
 
 @router.get("/v1/tasks/{task_id}", responses=AUTH_ERRORS | error(404, "no task with this id"))
 def show_task(
-    task_id: Annotated[int, FPath(ge=1, le=MAX_INT64)], _who: AnyReader, store: StoreDep
+    task_id: Annotated[int, FPath(ge=1, le=MAX_INT64)], _who: TaskReader, store: StoreDep
 ) -> Task:
     return store.get_task(task_id)
 
