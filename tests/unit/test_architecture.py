@@ -70,10 +70,9 @@ def test_only_proc_starts_or_signals_processes() -> None:
 
 
 # The size budgets that keep each file about one thing (issue 13): a file that outgrows them is
-# two parts; the simulator's event loop is the one file allowed to be long.
+# two parts.
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 60
-LONG_FILES_ALLOWED = {"hpcscale.sim.engine"}
 
 
 def test_no_file_outgrows_its_budget() -> None:
@@ -81,7 +80,6 @@ def test_no_file_outgrows_its_budget() -> None:
         f"{m.name}: {n} lines"
         for m in MODULES.values()
         if (n := m.path.read_text().count("\n")) > MAX_FILE_LINES
-        and m.name not in LONG_FILES_ALLOWED
     )
     assert too_long == []
 
