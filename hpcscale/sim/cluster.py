@@ -97,7 +97,7 @@ class Slurm:
         pool = element.pool
         pool.pending -= 1
         pool.starting += 1
-        pool.starting_els.add(element)
+        pool.starting_els[element] = None
         element.state = STARTING
         element.started = now
         element.sub.running += 1
@@ -135,10 +135,10 @@ class Slurm:
         pool = element.pool
         if element.state == STARTING:
             pool.starting -= 1
-            pool.starting_els.discard(element)
+            pool.starting_els.pop(element, None)
         elif element.state == REGISTERED:
             pool.registered -= 1
-            pool.live.discard(element)
+            pool.live.pop(element, None)
             if element.ws is not None:
                 done = element.ws.tasks_started - len(element.running)
                 pool.ended.append((element.ws.started, now, done, pool.cfg.worker.slots))

@@ -225,9 +225,9 @@ class Simulation:
         now = self.events.now
         pool = element.pool
         pool.starting -= 1
-        pool.starting_els.discard(element)
+        pool.starting_els.pop(element, None)
         pool.registered += 1
-        pool.live.add(element)
+        pool.live[element] = None
         element.state = REGISTERED
         max_time = pool.cfg.worker.max_time
         deadline = min(now + max_time if max_time else math.inf, element.started + pool.wall)

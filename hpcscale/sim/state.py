@@ -166,8 +166,10 @@ class SimPool:
         )
         self.wall = cfg.slurm.wall_seconds
         self.unconfirmed = self.pending = self.starting = self.registered = 0
-        self.live: set[Element] = set()
-        self.starting_els: set[Element] = set()
+        # Insertion-ordered (dicts as ordered sets): sums and cancellations over them must not
+        # follow memory addresses, or a seed would not give the same figures run after run.
+        self.live: dict[Element, None] = {}
+        self.starting_els: dict[Element, None] = {}
         self.pending_els: list[Element] = []
         self.failures: list[float] = []  # failed starts seen by the manager (event times)
         self.unseen_failures = 0  # failed elements the next cycle will notice
