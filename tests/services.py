@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hpcscale import config
 from hpcscale.cli.demo import wait_healthy
@@ -140,6 +142,24 @@ state_dir = "{self.root}/manager"
             os.killpg(self.process.pid, sig)
             self.process.wait(timeout=30)
         self.process = None
+
+    def cli(
+        self, *argv: str, cwd: Path | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """`hpcscale ARGV` as a user types it, from `cwd`, --config given before any `--`."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HPCSCALE_")}
+        words = list(argv)
+        at = words.index("--") if "--" in words else len(words)
+        words[at:at] = ["--config", str(self.config_path)]
+        return subprocess.run(
+            [sys.executable, "-m", "hpcscale", *words],
+            capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout,
+        )  # fmt: skip
+
+    def ended(self, task: int, cwd: Path | None = None) -> dict[str, Any] | None:
+        """`tasks show TASK` once the task has ended, else None (for wait_for)."""
+        shown = json.loads(self.cli("tasks", "show", str(task), "--json", cwd=cwd).stdout)
+        return shown if shown["state"] in ("succeeded", "failed", "dead") else None
 
     def admin(self) -> Client:
         token = (self.root / "token").read_text().strip()

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.services import ServerProcess
 from tests.slurm_fixtures import wait_for
@@ -18,49 +14,18 @@ from tests.slurm_fixtures import wait_for
 SCRIPT = "import os, pathlib; pathlib.Path('where.txt').write_text(os.getcwd())\n"
 
 
-def cli(server: ServerProcess, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`hpcscale ARGV` run from `cwd`, --config given before any `--`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCSCALE_")}
-    words = list(argv)
-    at = words.index("--") if "--" in words else len(words)
-    words[at:at] = ["--config", str(server.config_path)]
-    return subprocess.run(
-        [sys.executable, "-m", "hpcscale", *words],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=60,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[ServerProcess]:
-    """`serve` started from a directory of its own, with one local pool."""
-    root = tmp_path / "serve"
-    server = ServerProcess(
-        root=root, database=f"sqlite:///{root}/state.db", command="serve", poll_interval="1s",
-        pools=[{"name": "loc", "scheduler": "local", "max_workers": 2, "max_empty_claims": 1}],
-    )  # fmt: skip
-    server.write_config()
-    (root / "analyse.py").write_text("raise SystemExit('the wrong analyse.py: serve\\'s')\n")
-    server.start()
-    yield server
-    server.stop()
-
-
-def finished(server: ServerProcess, task: int, cwd: Path) -> dict[str, object] | None:
-    shown = json.loads(cli(server, "tasks", "show", str(task), "--json", cwd=cwd).stdout)
-    return shown if shown["state"] in ("succeeded", "failed", "dead") else None
-
-
 def test_a_task_runs_where_it_was_submitted(serve: ServerProcess, tmp_path: Path) -> None:
+    (serve.root / "analyse.py").write_text("raise SystemExit('the wrong analyse.py: serve\\'s')\n")
     project = tmp_path / "project"
     project.mkdir()
     (project / "analyse.py").write_text(SCRIPT)
-    ran = cli(serve, "submit", "--json", "--", sys.executable, "analyse.py", cwd=project)
+    ran = serve.cli("submit", "--json", "--", sys.executable, "analyse.py", cwd=project)
     assert ran.returncode == 0, ran.stderr
     task = json.loads(ran.stdout)["ids"][0]
-    shown = wait_for("the task to end", lambda: finished(serve, task, project), timeout=60)
+    shown = wait_for("the task to end", lambda: serve.ended(task, project), timeout=60)
     assert shown["state"] == "succeeded", shown
     assert (project / "where.txt").read_text() == str(project)
-    text = cli(serve, "tasks", "show", str(task), cwd=project).stdout
+    text = serve.cli("tasks", "show", str(task), cwd=project).stdout
     assert f"cwd: {project}" in " ".join(text.split()).replace("cwd ", "cwd: ")
 
 
@@ -75,10 +40,10 @@ def test_file_tasks_take_a_cwd_relative_to_the_submit_directory(
     tasks.parent.mkdir()
     argv = [sys.executable, "analyse.py"]
     tasks.write_text(json.dumps({"command": argv, "cwd": "sub"}) + "\n")
-    ran = cli(serve, "submit", "--json", "--file", str(tasks), cwd=here)
+    ran = serve.cli("submit", "--json", "--file", str(tasks), cwd=here)
     assert ran.returncode == 0, ran.stderr
     task = json.loads(ran.stdout)["ids"][0]
-    shown = wait_for("the task to end", lambda: finished(serve, task, here), timeout=60)
+    shown = wait_for("the task to end", lambda: serve.ended(task, here), timeout=60)
     assert shown["state"] == "succeeded" and shown["cwd"] == str(sub), shown
     assert (sub / "where.txt").read_text() == str(sub)
     assert not (here / "where.txt").exists()
@@ -100,9 +65,9 @@ def test_what_serve_creates_is_private_under_umask_022(tmp_path: Path) -> None:
     finally:
         os.umask(before)
     try:
-        ran = cli(server, "submit", "--json", "--", "sh", "-c", "echo out; echo err >&2", cwd=root)
+        ran = server.cli("submit", "--json", "--", "sh", "-c", "echo out; echo err >&2", cwd=root)
         task = json.loads(ran.stdout)["ids"][0]
-        wait_for("the task to end", lambda: finished(server, task, root), timeout=60)
+        wait_for("the task to end", lambda: server.ended(task, root), timeout=60)
         outputs = wait_for("task outputs", lambda: list((root / "task-output").glob("task-*")))
         assert {p.suffix for p in outputs} == {".out", ".err"}
         assert {root / "state.db-wal", root / "state.db-shm"} <= set(root.iterdir())
@@ -119,9 +84,9 @@ def test_what_serve_creates_is_private_under_umask_022(tmp_path: Path) -> None:
 
 
 def test_no_empty_output_files_are_kept(serve: ServerProcess, tmp_path: Path) -> None:
-    ran = cli(serve, "submit", "--json", "--", "sh", "-c", "echo only-stdout", cwd=tmp_path)
+    ran = serve.cli("submit", "--json", "--", "sh", "-c", "echo only-stdout", cwd=tmp_path)
     task = json.loads(ran.stdout)["ids"][0]
-    wait_for("the task to end", lambda: finished(serve, task, tmp_path), timeout=60)
+    wait_for("the task to end", lambda: serve.ended(task, tmp_path), timeout=60)
     kept = sorted(p.name for p in (serve.root / "task-output").glob(f"task-{task}.*"))
     assert kept == [f"task-{task}.1.out"]
 
@@ -147,12 +112,12 @@ def test_stopping_serve_leaves_no_local_worker_behind(tmp_path: Path) -> None:
     )  # fmt: skip
     server.start()
     try:
-        ran = cli(server, "submit", "--json", "--", "sleep", "120", cwd=tmp_path)
+        ran = server.cli("submit", "--json", "--", "sleep", "120", cwd=tmp_path)
         task = json.loads(ran.stdout)["ids"][0]
 
         def running() -> bool:
             shown = json.loads(
-                cli(server, "tasks", "show", str(task), "--json", cwd=tmp_path).stdout
+                server.cli("tasks", "show", str(task), "--json", cwd=tmp_path).stdout
             )
             return bool(shown["state"] == "running")
 

@@ -48,31 +48,14 @@ def job_name(server: ServerProcess) -> str:
     return f"hpcscale.{server.manager}.cpu"
 
 
-def cli(server: ServerProcess, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`hpcscale ARGV` as a user types it, from `cwd`, --config given before any `--`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCSCALE_")}
-    words = list(argv)
-    at = words.index("--") if "--" in words else len(words)
-    words[at:at] = ["--config", str(server.config_path)]
-    return subprocess.run(
-        [sys.executable, "-m", "hpcscale", *words],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
-    )  # fmt: skip
-
-
-def ended(server: ServerProcess, task: int, cwd: Path) -> dict[str, object] | None:
-    shown = json.loads(cli(server, "tasks", "show", str(task), "--json", cwd=cwd).stdout)
-    return shown if shown["state"] in ("succeeded", "failed", "dead") else None
-
-
 def test_a_task_runs_where_it_was_submitted(serve: ServerProcess, tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
     (project / "analyse.py").write_text(SCRIPT)
-    ran = cli(serve, "submit", "--json", "--", sys.executable, "analyse.py", cwd=project)
+    ran = serve.cli("submit", "--json", "--", sys.executable, "analyse.py", cwd=project)
     assert ran.returncode == 0, ran.stderr
     task = json.loads(ran.stdout)["ids"][0]
-    shown = wait_for("the task to end", lambda: ended(serve, task, project), timeout=120)
+    shown = wait_for("the task to end", lambda: serve.ended(task, project), timeout=120)
     assert shown["state"] == "succeeded" and shown["cwd"] == str(project), shown
     assert (project / "where.txt").read_text() == str(project)
 
@@ -94,7 +77,7 @@ def test_a_task_no_pool_can_run_is_refused_and_costs_no_job(
 ) -> None:
     """A 2-slot task on 1-slot workers, or a queue no pool serves: `serve` knows its pools, so
     the submit is refused naming the key, and over 5 poll intervals the manager starts nothing."""
-    ran = cli(serve, "submit", *words, "--", "true", cwd=tmp_path)
+    ran = serve.cli("submit", *words, "--", "true", cwd=tmp_path)
     assert ran.returncode == 1 and named in ran.stderr, ran
     assert "[pools.worker] slots" in ran.stderr or "served: default" in ran.stderr
     deadline = time.monotonic() + 5 * 2.0
@@ -106,9 +89,9 @@ def test_a_task_no_pool_can_run_is_refused_and_costs_no_job(
 
 
 def test_submit_wait_exits_with_the_tasks_outcome(serve: ServerProcess, tmp_path: Path) -> None:
-    ran = cli(serve, "submit", "--wait", "--", "sh", "-c", "echo fine", cwd=tmp_path)
+    ran = serve.cli("submit", "--wait", "--", "sh", "-c", "echo fine", cwd=tmp_path)
     assert ran.returncode == 0 and "succeeded (exit code 0)" in ran.stdout, ran
-    ran = cli(serve, "submit", "--wait", "--max-attempts", "1", "--", "sh", "-c", "exit 3",
+    ran = serve.cli("submit", "--wait", "--max-attempts", "1", "--", "sh", "-c", "exit 3",
               cwd=tmp_path)  # fmt: skip
     assert ran.returncode == 1 and "dead (exit code 3)" in ran.stdout, ran
 
@@ -136,15 +119,15 @@ def test_dead_tasks_are_retried_once_the_cause_is_fixed(
     serve: ServerProcess, tmp_path: Path
 ) -> None:
     flag = tmp_path / "ready"
-    ran = cli(serve, "submit", "--json", "--queue", "default", "--max-attempts", "1", "--",
+    ran = serve.cli("submit", "--json", "--queue", "default", "--max-attempts", "1", "--",
               "test", "-e", str(flag), cwd=tmp_path)  # fmt: skip
     task = json.loads(ran.stdout)["ids"][0]
-    shown = wait_for("the task to end", lambda: ended(serve, task, tmp_path), timeout=120)
+    shown = wait_for("the task to end", lambda: serve.ended(task, tmp_path), timeout=120)
     assert shown["state"] == "dead"
     flag.touch()
-    ran = cli(serve, "retry", "--state", "dead", "--queue", "default", cwd=tmp_path)
+    ran = serve.cli("retry", "--state", "dead", "--queue", "default", cwd=tmp_path)
     assert ran.returncode == 0 and ran.stdout.strip() == f"retried 1: {task}", ran
-    shown = wait_for("the retried task to end", lambda: ended(serve, task, tmp_path), timeout=120)
+    shown = wait_for("the retried task to end", lambda: serve.ended(task, tmp_path), timeout=120)
     assert shown["state"] == "succeeded" and shown["attempts"] == 1, shown
 
 
@@ -164,7 +147,7 @@ def test_job_logs_and_task_outputs_go_to_the_pools_place(tmp_path: Path) -> None
     server.config_path.write_text("\n".join(kept) + "\n")
     try:
         server.start()
-        ran = cli(server, "submit", "--wait", "--", "echo", "hello", cwd=tmp_path)
+        ran = server.cli("submit", "--wait", "--", "echo", "hello", cwd=tmp_path)
         assert ran.returncode == 0, ran
         logs = root / "manager" / "logs" / "cpu"
         outputs = wait_for("Slurm's output", lambda: list(logs.glob("slurm-*_*.out")), timeout=60)

@@ -6,9 +6,7 @@ not know the pools, so it takes a 2-slot task) and an `hpcscale manager` of 1-sl
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,18 +43,6 @@ def apart(tmp_path: Path) -> Iterator[tuple[ServerProcess, ManagerProcess]]:
             subprocess.run(["scancel", "--name", f"hpcscale.{server.manager}.{pool}"], check=False)
 
 
-def cli(server: ServerProcess, *argv: str) -> subprocess.CompletedProcess[str]:
-    """`hpcscale ARGV` as a user types it, --config given before any `--`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCSCALE_")}
-    words = list(argv)
-    at = words.index("--") if "--" in words else len(words)
-    words[at:at] = ["--config", str(server.config_path)]
-    return subprocess.run(
-        [sys.executable, "-m", "hpcscale", *words],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
-
-
 def jobs_of(server: ServerProcess) -> list[str]:
     names = ",".join(f"hpcscale.{server.manager}.{pool}" for pool in ("a", "b"))
     out = subprocess.run(
@@ -71,7 +57,7 @@ def test_a_task_wider_than_every_pool_starts_no_job_and_why_names_it(
     server, manager = apart
     with server.admin() as admin:
         wait_for("the manager's first decisions", lambda: admin.decisions("a", 1), timeout=60)
-        ran = cli(server, "submit", "--json", "--slots", "2", "--", "true")
+        ran = server.cli("submit", "--json", "--slots", "2", "--", "true")
         assert ran.returncode == 0, ran.stderr  # the server alone cannot know: it takes it
         [wide] = json.loads(ran.stdout)["ids"]
         submitted_at = time.time()
@@ -89,13 +75,13 @@ def test_a_task_wider_than_every_pool_starts_no_job_and_why_names_it(
                 ],
             )
             assert seen[-1].data["submit"] == 0
-        why = cli(server, "why", "a", "--limit", "1")
+        why = server.cli("why", "a", "--limit", "1")
         assert why.returncode == 0 and HELD in why.stdout, why
-        status = cli(server, "status")
+        status = server.cli("status")
         assert status.returncode == 0 and "HELD" in status.stdout and HELD in status.stdout, status
 
         # The manager is not stuck: a task a 1-slot worker can run gets its job and runs.
-        [task] = json.loads(cli(server, "submit", "--json", "--", "true").stdout)["ids"]
+        [task] = json.loads(server.cli("submit", "--json", "--", "true").stdout)["ids"]
         done = wait_for(
             "the 1-slot task to succeed",
             lambda: admin.get_task(task).state.value == "succeeded",
