@@ -11,7 +11,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from hpcscale.cli.common import load_settings
+from hpcscale.cli.common import load_settings, make_client
+from hpcscale.cli.history import History, read_history
 from hpcscale.config import ManagerConfig, PoolConfig, Settings
 from hpcscale.errors import ConfigError
 from hpcscale.sim import sweep
@@ -41,23 +42,25 @@ def add_parsers(
         parents=[common, listing],
         help="simulate the pools of a config on a workload, with the real policy",
         description="A discrete-event simulation of the config's pools (or a built-in example "
-        "pool) on a synthetic scenario or a trace: the manager's real decisions, workers that "
-        "claim and end themselves as the real ones do, a model of Slurm's queue. Scenarios: "
+        "pool) on a synthetic scenario, a trace or the store's own history: the manager's real "
+        "decisions, workers that claim and end themselves as the real ones do, a model of "
+        "Slurm's queue. Scenarios: "
         + "; ".join(f"{s.name}: {s.about} ({s.size} tasks)" for s in SCENARIOS.values()),
     )
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--scenario", choices=list(SCENARIOS), help="a built-in workload")
-    source.add_argument("--trace", metavar="FILE.csv", help="CSV: arrival,duration[,queue]")
-    p.add_argument("--tasks", type=int, help="the scenario's size (default: its own)")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument("--pool", action="append", help="simulate only this pool (repeatable)")
-    p.add_argument("--queue-wait", default="fixed:30s", help="fixed:D or exp:MEAN (fixed:30s)")
+    _workload_flags(p)
+    p.add_argument(
+        "--queue-wait",
+        help="fixed:D or exp:MEAN (fixed:30s; with --from-server the measured waits)",
+    )
     p.add_argument(
         "--queue-wait-trace",
         metavar="FILE.swf",
         help="draw queue waits from an SWF trace's wait times",
     )
-    p.add_argument("--start-latency", default="5s", help="job start -> worker registered (5s)")
+    p.add_argument(
+        "--start-latency",
+        help="job start -> worker registered (5s; with --from-server the measured one)",
+    )
     p.add_argument(
         "--failed-starts",
         type=float,
@@ -86,6 +89,22 @@ def add_parsers(
     p.set_defaults(func=cmd_simulate)
 
 
+def _workload_flags(p: argparse.ArgumentParser) -> None:
+    """Where the tasks come from: one of a scenario, a trace, the store's history."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--scenario", choices=list(SCENARIOS), help="a built-in workload")
+    source.add_argument("--trace", metavar="FILE.csv", help="CSV: arrival,duration[,queue]")
+    source.add_argument(
+        "--from-server",
+        action="store_true",
+        help="the store's history at [server] url: the tasks that ran in the pools' queues "
+        "(when submitted, how long they ran), the workers' measured start-up and queue waits",
+    )
+    p.add_argument("--tasks", type=int, help="the scenario's size (default: its own)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--pool", action="append", help="simulate only this pool (repeatable)")
+
+
 def _what_if_flags(p: argparse.ArgumentParser) -> None:
     """An admin's commands during the run, a grid of settings, the plot (issue 15)."""
     p.add_argument(
@@ -112,10 +131,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     metrics (and the plot, if asked)."""
     settings = load_settings(args)
     pools = _pools(settings, args.pool)
-    tasks, source, notes = _workload(args, pools)
+    measured = _history(args, settings, pools) if args.from_server else None
+    tasks, source, notes = _workload(args, pools, measured)
+    start_latency, startup_note = _start_latency(args, measured)
     cluster = ClusterModel(
-        queue_wait=_queue_wait(args),
-        start_latency=duration_flag("--start-latency", args.start_latency),
+        queue_wait=_queue_wait(args, measured),
+        start_latency=start_latency,
         failed_start=_probability(args.failed_starts),
         sbatch_latency=duration_flag("--sbatch-latency", args.sbatch_latency),
         max_array_size=max(1, args.max_array_size),
@@ -129,6 +150,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             wake=args.wake, source=source, controls=controls,
         )  # fmt: skip
         result.notes[:0] = [*notes, f"queue wait {cluster.queue_wait.describe()}"]
+        result.notes.extend(startup_note)
         return result
 
     if args.sweep:
@@ -159,10 +181,17 @@ def _pools(settings: Settings, names: Sequence[str] | None) -> list[PoolConfig]:
     return pools
 
 
+def _history(args: argparse.Namespace, settings: Settings, pools: Sequence[PoolConfig]) -> History:
+    with make_client(args, settings) as client:
+        return read_history(client, pools)
+
+
 def _workload(
-    args: argparse.Namespace, pools: Sequence[PoolConfig]
+    args: argparse.Namespace, pools: Sequence[PoolConfig], measured: History | None
 ) -> tuple[list[SimTask], str, list[str]]:
     """The tasks; a scenario's queue no pool serves moves to the first pool's first queue."""
+    if measured is not None:
+        return measured.tasks, "the store's history", measured.notes
     if args.trace:
         return read_trace(args.trace), f"trace {args.trace}", []
     tasks = scenario_tasks(args.scenario, args.seed, args.tasks)
@@ -175,10 +204,23 @@ def _workload(
     return tasks, f"scenario {args.scenario}", notes
 
 
-def _queue_wait(args: argparse.Namespace) -> QueueWait:
+def _queue_wait(args: argparse.Namespace, measured: History | None) -> QueueWait:
+    """A flag wins; then the store's measured waits; then 30 s."""
     if args.queue_wait_trace:
         return QueueWait.from_samples(read_swf_waits(args.queue_wait_trace))
-    return QueueWait.parse(args.queue_wait)
+    if args.queue_wait is None and measured is not None and measured.queue_waits:
+        return QueueWait.from_samples(measured.queue_waits, "measured in the store")
+    return QueueWait.parse(args.queue_wait or "fixed:30s")
+
+
+def _start_latency(args: argparse.Namespace, measured: History | None) -> tuple[float, list[str]]:
+    """A flag wins; then the store's measured start-up; then 5 s. With --from-server, a note
+    says which."""
+    if args.start_latency is not None or measured is None:
+        return duration_flag("--start-latency", args.start_latency or "5s"), []
+    if measured.startup is None:
+        return 5.0, ["start-up 5.0s (no worker in the store said when its job started)"]
+    return measured.startup, [f"start-up {measured.startup:.1f}s (measured in the store)"]
 
 
 def _controls(texts: Sequence[str]) -> list[ControlEvent]:

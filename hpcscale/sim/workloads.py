@@ -215,6 +215,7 @@ class QueueWait:
     kind: str = "fixed"  # fixed | exp | trace
     mean: float = 30.0
     samples: tuple[float, ...] = ()
+    origin: str = ""  # where the samples were measured, when not in a trace file
 
     def draw(self, rng: random.Random) -> float:
         if self.kind == "trace":
@@ -237,13 +238,14 @@ class QueueWait:
             raise ConfigError([f"--queue-wait: {exc}"]) from exc
 
     @classmethod
-    def from_samples(cls, samples: Sequence[float]) -> QueueWait:
-        """Waits drawn from measured ones (an SWF log's); their mean describes them."""
-        return cls("trace", _mean(samples), tuple(samples))
+    def from_samples(cls, samples: Sequence[float], origin: str = "") -> QueueWait:
+        """Waits drawn from measured ones (an SWF log's, the store's); their mean describes them."""
+        return cls("trace", _mean(samples), tuple(samples), origin)
 
     def describe(self) -> str:
         if self.kind == "trace":
-            return f"trace of {len(self.samples)} waits (mean {_mean(self.samples):.0f}s)"
+            counted = f"{len(self.samples)} waits (mean {_mean(self.samples):.0f}s)"
+            return f"{self.origin}: {counted}" if self.origin else f"trace of {counted}"
         return f"{self.kind} {self.mean:g}s"
 
 
