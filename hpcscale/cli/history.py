@@ -12,18 +12,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hpcscale import estimate
 from hpcscale.config import PoolConfig
 from hpcscale.errors import ConfigError
-from hpcscale.models import Task, TaskState, Worker
+from hpcscale.manager.observation import Measured
+from hpcscale.models import FINAL_STATES, Task, Worker
 from hpcscale.sim.workloads import SimTask
 
 if TYPE_CHECKING:
     from hpcscale.client import Client
 
 PAGE = 10_000  # the API's largest page
-# A task that ran has both stamps whatever it ended as; waiting and running ones have not ended.
-ENDED = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ class History:
 
 def read_history(client: Client, pools: Sequence[PoolConfig]) -> History:
     queues = sorted({q for p in pools for q in p.queues})
-    ended = [t for q in queues for s in ENDED for t in _every_task(client, s.value, q)]
+    ended = [t for q in queues for t in _every_task(client, q) if t.state in FINAL_STATES]
     tasks = tasks_from_history(ended)
     if not tasks:
         raise ConfigError(
@@ -51,7 +49,8 @@ def read_history(client: Client, pools: Sequence[PoolConfig]) -> History:
     }
     waits = queue_waits(workers, submitted)
     notes = [f"{len(tasks)} tasks that ran, of {len(ended)} ended in the store"]
-    return History(tasks, startup_of(workers), waits, notes)
+    # The manager's own measure, so the simulator and the manager's rule see one start-up.
+    return History(tasks, Measured.startup_of(workers), waits, notes)
 
 
 def tasks_from_history(ended: Sequence[Task]) -> list[SimTask]:
@@ -69,13 +68,6 @@ def tasks_from_history(ended: Sequence[Task]) -> list[SimTask]:
     )
 
 
-def startup_of(workers: Sequence[Worker]) -> float | None:
-    """The manager's own measure (estimate.startup_overhead), so the simulator and the
-    manager's rule see the same start-up."""
-    known = [(w.job_started_at, w.started_at) for w in workers if w.job_started_at]
-    return estimate.startup_overhead(known)
-
-
 def queue_waits(workers: Sequence[Worker], submitted: dict[str, float]) -> list[float]:
     """Seconds from an array's sbatch to its element's job starting, per worker that said
     when its job started."""
@@ -86,10 +78,10 @@ def queue_waits(workers: Sequence[Worker], submitted: dict[str, float]) -> list[
     ]
 
 
-def _every_task(client: Client, state: str, queue: str) -> Iterator[Task]:
+def _every_task(client: Client, queue: str) -> Iterator[Task]:
     after = 0
     while True:
-        page = client.list_tasks(state=state, queue=queue, limit=PAGE, after=after)
+        page = client.list_tasks(queue=queue, limit=PAGE, after=after)
         yield from page
         if len(page) < PAGE:
             return

@@ -210,16 +210,21 @@ def _queue_wait(args: argparse.Namespace, measured: History | None) -> QueueWait
         return QueueWait.from_samples(read_swf_waits(args.queue_wait_trace))
     if args.queue_wait is None and measured is not None and measured.queue_waits:
         return QueueWait.from_samples(measured.queue_waits, "measured in the store")
-    return QueueWait.parse(args.queue_wait or "fixed:30s")
+    return QueueWait() if args.queue_wait is None else QueueWait.parse(args.queue_wait)
 
 
 def _start_latency(args: argparse.Namespace, measured: History | None) -> tuple[float, list[str]]:
     """A flag wins; then the store's measured start-up; then 5 s. With --from-server, a note
     says which."""
-    if args.start_latency is not None or measured is None:
-        return duration_flag("--start-latency", args.start_latency or "5s"), []
+    if args.start_latency is not None:
+        return duration_flag("--start-latency", args.start_latency), []
+    default = ClusterModel().start_latency
+    if measured is None:
+        return default, []
     if measured.startup is None:
-        return 5.0, ["start-up 5.0s (no worker in the store said when its job started)"]
+        return default, [
+            f"start-up {default:.1f}s (no worker in the store said when its job started)"
+        ]
     return measured.startup, [f"start-up {measured.startup:.1f}s (measured in the store)"]
 
 
