@@ -249,8 +249,10 @@ def check_running_job_has_no_token(
     job = render(cfg.pools[0], cfg, tag, 1, token)
     sub = scheduler.submit(job.script, 1, tag)
     pid_file = record / "pid.0"
-    wait_for("the stand-in worker to start", pid_file.exists, timeout=30)
-    wait_for("the stand-in to record", lambda: (record / "argv.0").stat().st_size > 0)
+    # The pid is written last: once it is whole, argv and env are too (a file that exists
+    # may still be empty, as a CI run once read it).
+    wait_for("the stand-in worker to start", lambda: pid_file.read_text().endswith("\n")
+             if pid_file.exists() else False, timeout=30)  # fmt: skip
     pid = pid_file.read_text().strip()
     argv = (record / "argv.0").read_text().splitlines()
     assert argv[:3] == ["-m", "hpcscale", "worker"]
